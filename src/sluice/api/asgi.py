@@ -1,0 +1,321 @@
+"""The raw ASGI app for ``/v1/*``, ``/healthz`` and ``/readyz``: no framework on the hot path.
+
+Each request: route by path and method → authenticate → read the body under the size limit →
+validate → hand to the gateway → send JSON or relay SSE. Every error, whatever its origin, leaves
+through ``_send_error`` in OpenAI's envelope; a bug is a 500 with a generic message, never a trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from sluice.api.errors import error_body, error_frame, error_headers
+from sluice.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    ServiceUnavailable,
+    SluiceError,
+)
+from sluice.gateway import Gateway, StreamReply
+from sluice.keys.service import KeyService, Principal
+from sluice.routing.table import Route
+from sluice.wire.requests import parse_json_object, validate_chat, validate_embeddings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("sluice.api")
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+# Headers that would let a caller choose the upstream: refused, like their body counterparts.
+_FORBIDDEN_HEADER_PARTS = (b"api-base", b"base-url", b"api_base", b"base_url", b"upstream-url")
+
+
+@dataclass(slots=True)
+class Request:
+    """What the handlers need from an ASGI scope, read once."""
+
+    scope: Scope
+    receive: Receive
+    send: Send
+    request_id: bytes
+    token: str | None
+    content_length: int | None
+    started: bool = False
+
+
+Handler = Callable[["SluiceAPI", Request], Awaitable[None]]
+
+
+class SluiceAPI:
+    """The ASGI callable."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        keys: KeyService,
+        max_body_bytes: int,
+        ready: Callable[[], Awaitable[dict[str, bool]]],
+        on_shutdown: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.gateway = gateway
+        self.keys = keys
+        self.max_body_bytes = max_body_bytes
+        self._ready = ready
+        self._on_shutdown = on_shutdown
+        self._created = int(time.time())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self._on_shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token: str | None = None
+        length: int | None = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                if value[:7].lower() == b"bearer ":
+                    token = value[7:].strip().decode("latin-1")
+            elif name == b"x-api-key":
+                token = token or value.strip().decode("latin-1")
+            elif name == b"content-length":
+                length = int(value) if value.isdigit() else None
+            elif any(part in name for part in _FORBIDDEN_HEADER_PARTS):
+                token = None
+                length = -1  # flag: refused below, once the error can be rendered
+        req = Request(scope, receive, send, b"req_" + os.urandom(12).hex().encode(), token, length)
+        try:
+            if length == -1:
+                raise InvalidRequest(
+                    "Headers that choose the upstream are not accepted.", code="forbidden_parameter"
+                )
+            await self._dispatch(req)
+        except SluiceError as err:
+            await self._send_error(req, err)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            await self._send_error(req, SluiceError("The gateway hit an internal error."))
+
+    async def _dispatch(self, req: Request) -> None:
+        path: str = req.scope["path"]
+        method: str = req.scope["method"]
+        methods = ROUTES.get(path)
+        if methods is None:
+            if path.startswith("/v1/models/") and len(path) > 11:
+                methods = {"GET": SluiceAPI._get_model}
+            else:
+                raise NotFound(f"Unknown path: {method} {path}")
+        handler = methods.get(method)
+        if handler is None:
+            allow = ", ".join(sorted(methods))
+            raise MethodNotAllowed(
+                f"Method {method} is not allowed on {path}; use {allow}.", headers={"allow": allow}
+            )
+        await handler(self, req)
+
+    async def _send_error(self, req: Request, err: SluiceError) -> None:
+        if req.started:  # a stream is open: the error becomes its last event
+            with contextlib.suppress(OSError):
+                await req.send({"type": "http.response.body", "body": error_frame(err), "more_body": False})
+            return
+        headers = [*JSON_HEADERS, (b"x-sluice-request-id", req.request_id), *error_headers(err)]
+        if err.status == 429 and "retry-after" not in err.headers:
+            headers.append((b"x-should-retry", b"false"))
+        await self._respond(req, err.status, error_body(err), headers)
+
+    async def _respond(
+        self, req: Request, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        req.started = True
+        await req.send({"type": "http.response.start", "status": status, "headers": headers})
+        await req.send({"type": "http.response.body", "body": body})
+
+    async def _read_body(self, req: Request) -> bytes:
+        limit = self.max_body_bytes
+        if req.content_length is not None and req.content_length > limit:
+            raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await req.receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidRequest("The client disconnected while sending the body.")
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+                parts.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _auth(self, req: Request) -> Principal:
+        return await self.keys.authenticate(req.token)
+
+    @staticmethod
+    def _allowed(principal: Principal, model: str) -> None:
+        if principal.models is not None and model not in principal.models:
+            raise PermissionDenied(f"This key may not use the model '{model}'.", param="model")
+
+    def _headers(
+        self, req: Request, extra: list[tuple[bytes, bytes]], base: list[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]]:
+        return [*base, (b"x-sluice-request-id", req.request_id), *extra]
+
+    # --- handlers -------------------------------------------------------------------------------
+
+    async def _chat(self, req: Request) -> None:
+        principal = await self._auth(req)
+        chat = validate_chat(parse_json_object(await self._read_body(req)))
+        self._allowed(principal, chat.model)
+        route = self.gateway.route(chat.model, "chat")
+        if not chat.stream:
+            reply = await self.gateway.chat(chat, route)
+            await self._respond(req, 200, reply.body, self._headers(req, reply.headers, JSON_HEADERS))
+            return
+        stream = await self.gateway.chat_stream(chat, route)
+        await self._relay(req, stream)
+
+    async def _relay(self, req: Request, stream: StreamReply) -> None:
+        """Send a stream to the client; stop the upstream promptly if the client goes away."""
+        task = asyncio.current_task()
+        assert task is not None
+        gone = asyncio.Event()
+        ending = asyncio.Event()  # set before our last send: a disconnect after it is not the client leaving
+
+        async def watch() -> None:
+            while True:
+                message = await req.receive()
+                if message["type"] == "http.disconnect":
+                    if not ending.is_set():
+                        gone.set()
+                        task.cancel()
+                    return
+
+        watcher = asyncio.create_task(watch())
+        failed = False
+        try:
+            req.started = True
+            await req.send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": self._headers(req, stream.headers, SSE_HEADERS),
+                }
+            )
+            async for frames in stream.frames():
+                await req.send({"type": "http.response.body", "body": frames, "more_body": True})
+            ending.set()
+            await req.send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            failed = True
+            if not gone.is_set():
+                raise
+            task.uncancel()
+            log.info("client disconnected mid-stream request_id=%s", req.request_id.decode())
+        except SluiceError as err:
+            failed = True
+            ending.set()
+            log.warning("stream failed request_id=%s code=%s", req.request_id.decode(), err.code)
+            await self._send_error(req, err)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await stream.close(error=failed)
+
+    async def _embeddings(self, req: Request) -> None:
+        principal = await self._auth(req)
+        emb = validate_embeddings(parse_json_object(await self._read_body(req)))
+        self._allowed(principal, emb.model)
+        route = self.gateway.route(emb.model, "embedding")
+        reply = await self.gateway.embeddings(emb, route)
+        await self._respond(req, 200, reply.body, self._headers(req, reply.headers, JSON_HEADERS))
+
+    def _model_card(self, route: Route) -> dict[str, Any]:
+        return {"id": route.alias, "object": "model", "created": self._created, "owned_by": route.owned_by}
+
+    async def _list_models(self, req: Request) -> None:
+        principal = await self._auth(req)
+        data = [
+            self._model_card(r)
+            for r in self.gateway.routes.values()
+            if principal.models is None or r.alias in principal.models
+        ]
+        body = orjson.dumps({"object": "list", "data": data})
+        await self._respond(req, 200, body, self._headers(req, [], JSON_HEADERS))
+
+    async def _get_model(self, req: Request) -> None:
+        principal = await self._auth(req)
+        model_id = req.scope["path"][len("/v1/models/") :]
+        route = self.gateway.routes.get(model_id)
+        if route is None or (principal.models is not None and model_id not in principal.models):
+            raise ModelNotFound(
+                f"The model '{model_id}' does not exist or you do not have access to it.", param="model"
+            )
+        await self._respond(
+            req, 200, orjson.dumps(self._model_card(route)), self._headers(req, [], JSON_HEADERS)
+        )
+
+    async def _healthz(self, req: Request) -> None:
+        await self._respond(req, 200, b'{"status":"ok"}', JSON_HEADERS)
+
+    async def _readyz(self, req: Request) -> None:
+        checks = await self._ready()
+        if not all(checks.values()):
+            err = ServiceUnavailable("Not ready: " + ", ".join(k for k, ok in checks.items() if not ok))
+            await self._respond(
+                req,
+                503,
+                orjson.dumps({"status": "not_ready", "checks": checks, **_error_part(err)}),
+                JSON_HEADERS,
+            )
+            return
+        await self._respond(req, 200, orjson.dumps({"status": "ready", "checks": checks}), JSON_HEADERS)
+
+
+def _error_part(err: SluiceError) -> dict[str, Any]:
+    return orjson.loads(error_body(err))  # type: ignore[no-any-return]
+
+
+ROUTES: dict[str, dict[str, Handler]] = {
+    "/v1/chat/completions": {"POST": SluiceAPI._chat},
+    "/v1/embeddings": {"POST": SluiceAPI._embeddings},
+    "/v1/models": {"GET": SluiceAPI._list_models},
+    "/healthz": {"GET": SluiceAPI._healthz, "HEAD": SluiceAPI._healthz},
+    "/readyz": {"GET": SluiceAPI._readyz, "HEAD": SluiceAPI._readyz},
+}

@@ -1,0 +1,83 @@
+"""``create_app``: the only place that wires concrete backends together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sluice.api.asgi import SluiceAPI
+from sluice.config_file import resolve_secret
+from sluice.errors import ConfigError
+from sluice.gateway import Gateway
+from sluice.keys.digest import load_server_secret
+from sluice.keys.service import ADMIN_ENV, KeyService
+from sluice.providers.presets import PRESETS
+from sluice.routing.table import build_routes
+from sluice.settings import Config, ProviderSettings
+from sluice.store.sqlite import SQLiteStore
+from sluice.upstream import ProviderEndpoint, Upstream
+
+log = logging.getLogger("sluice")
+DB_FILE = "sluice.db"
+
+
+@dataclass(slots=True)
+class Services:
+    """The state-holding parts, opened from the data directory (shared by the server and the CLI)."""
+
+    store: SQLiteStore
+    keys: KeyService
+
+
+def open_services(config: Config, environ: Mapping[str, str]) -> Services:
+    """Open the store and the key service."""
+    data_dir = Path(config.server.data_dir)
+    store = SQLiteStore(data_dir / DB_FILE)
+    secret = load_server_secret(data_dir, environ)
+    keys = KeyService(
+        store, secret, ttl=config.server.key_cache_ttl_s, admin_key=environ.get(ADMIN_ENV) or None
+    )
+    return Services(store, keys)
+
+
+def _endpoint(p: ProviderSettings, environ: Mapping[str, str]) -> ProviderEndpoint:
+    preset = PRESETS[p.preset]
+    try:
+        key = resolve_secret(p.api_key, environ)
+    except ConfigError as exc:
+        raise ConfigError(f"provider {p.name!r}: {exc.message}") from exc
+    auth: dict[str, str] = {}
+    if key:
+        auth = {"x-api-key": key} if preset.auth == "x-api-key" else {"authorization": f"Bearer {key}"}
+    return ProviderEndpoint(
+        name=p.name,
+        base_url=p.base_url or preset.base_url,
+        auth_headers=auth,
+        headers=dict(p.headers),
+        timeouts=p.timeouts,
+        max_connections=p.max_connections,
+    )
+
+
+def create_app(config: Config, environ: Mapping[str, str], services: Services | None = None) -> SluiceAPI:
+    """Build the ASGI app for a validated config."""
+    svc = services or open_services(config, environ)
+    endpoints = {p.name: _endpoint(p, environ) for p in config.providers}
+    upstream = Upstream(endpoints)
+    gateway = Gateway(build_routes(config), upstream)
+
+    async def ready() -> dict[str, bool]:
+        try:
+            store_ok = await asyncio.to_thread(svc.store.ping)
+        except Exception:  # any store failure means "not ready", never a crash of the probe
+            log.exception("readiness: store check failed")
+            store_ok = False
+        return {"store": store_ok, "models": bool(gateway.routes)}
+
+    async def shutdown() -> None:
+        await upstream.close()
+
+    return SluiceAPI(gateway, svc.keys, config.server.max_body_bytes, ready, shutdown)

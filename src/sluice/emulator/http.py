@@ -1,0 +1,190 @@
+"""A small, fast HTTP/1.1 server for the emulator: asyncio protocol + httptools, keep-alive, chunked SSE.
+
+Fast enough never to be a benchmark's bottleneck: a healthy JSON answer is written synchronously from
+the parser callback; only answers with delays, streams with pacing, or hangs spawn a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import httptools
+
+
+@dataclass(slots=True)
+class Incoming:
+    """A parsed request."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class Plan:
+    """What to send back: a JSON/HTML body, or a list of SSE frames, with timing and faults."""
+
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    content_type: str = "application/json"
+    frames: list[bytes] | None = None
+    latency: float = 0.0
+    ttft: float = 0.0
+    pace: float = 0.0
+    cut_after: int = -1
+    hang: bool = False
+
+
+Handler = Callable[[Incoming], Plan]
+
+
+def _head(status: int, content_type: str, headers: list[tuple[str, str]], length: int | None) -> bytes:
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Overloaded" if status == 529 else "Error"
+    lines = [f"HTTP/1.1 {status} {reason}", f"content-type: {content_type}"]
+    lines.append(f"content-length: {length}" if length is not None else "transfer-encoding: chunked")
+    lines += [f"{k}: {v}" for k, v in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, handler: Handler, tasks: set[asyncio.Task[None]], conns: set[_Connection]) -> None:
+        self._handler = handler
+        self._tasks = tasks
+        self._conns = conns
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._busy = False
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._conns.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._transport is not None:
+                self._transport.write(_head(400, "text/plain", [("connection", "close")], 0))
+                self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._conns.discard(self)
+
+    def close(self) -> None:
+        """Drop the connection (used on shutdown)."""
+        if self._transport is not None:
+            self._transport.close()
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._body = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        method = self._parser.get_method().decode()
+        path = self._url.split(b"?", 1)[0].decode("latin-1")
+        incoming = Incoming(method, path, self._headers, b"".join(self._body))
+        plan = self._handler(incoming)
+        if plan.hang:
+            return  # never answer; the client's deadline must save it
+        if plan.frames is None and plan.latency <= 0:
+            self._write(_head(plan.status, plan.content_type, plan.headers, len(plan.body)) + plan.body)
+            return
+        if self._transport is not None:
+            self._transport.pause_reading()  # one request at a time on this connection
+        task = asyncio.get_running_loop().create_task(self._send_plan(plan))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    async def _send_plan(self, plan: Plan) -> None:
+        try:
+            if plan.latency > 0:
+                await asyncio.sleep(plan.latency)
+            if plan.frames is None:
+                self._write(_head(plan.status, plan.content_type, plan.headers, len(plan.body)) + plan.body)
+                return
+            self._write(_head(plan.status, plan.content_type, plan.headers, None))
+            if plan.pace <= 0 and plan.ttft <= 0 and plan.cut_after < 0:
+                payload = b"".join(plan.frames)
+                self._write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(payload), payload))
+                return
+            for i, frame in enumerate(plan.frames):
+                delay = plan.ttft if i == 0 else plan.pace
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if i == plan.cut_after:
+                    if self._transport is not None:
+                        self._transport.close()  # no terminating chunk: the stream is cut
+                    return
+                self._write(b"%x\r\n%b\r\n" % (len(frame), frame))
+            self._write(b"0\r\n\r\n")
+        finally:
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.resume_reading()
+
+
+class HTTPServer:
+    """Owns the listening socket and the connection tasks."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._conns: set[_Connection] = set()
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; return the bound port (useful with port 0)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self._handler, self._tasks, self._conns),
+            host,
+            port,
+            reuse_address=True,
+            backlog=2048,
+        )
+        sock = self._server.sockets[0]
+        return int(sock.getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop listening, cancel in-flight answers, close connections."""
+        if self._server is None:
+            return
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for conn in list(self._conns):
+            conn.close()
+        await self._server.wait_closed()
+        self._server = None

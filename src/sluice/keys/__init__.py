@@ -1,0 +1,1 @@
+"""Virtual keys (HMAC digests only) and the admin key."""

@@ -1,0 +1,1 @@
+"""Provider dialects: pure translation between OpenAI's wire format and each provider's. No I/O."""

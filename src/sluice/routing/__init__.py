@@ -1,0 +1,1 @@
+"""Model aliases → attempt plans. Pure."""

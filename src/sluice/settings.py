@@ -1,0 +1,183 @@
+"""Typed settings: every setting declared once, with its default, its environment variable and its help.
+
+``docs/config.md`` is generated from these models (``sluice config docs``) and a test keeps it in sync.
+Environment variables (where a field names one) override the file.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from sluice.providers.presets import PRESET_NAMES
+
+MIB = 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 16 * MIB
+MAX_BODY_BYTES_CEILING = 32 * MIB
+
+
+def setting(default: Any, help_text: str, env: str | None = None, **kw: Any) -> Any:
+    """Declare a setting: default, help, and the environment variable that overrides it (if any)."""
+    extra: dict[str, Any] | None = {"env": env} if env else None
+    return Field(default, description=help_text, json_schema_extra=extra, **kw)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Strict):
+    """How the gateway listens and where it keeps its state."""
+
+    host: str = setting("127.0.0.1", "Interface to listen on.", "SLUICE_HOST")
+    port: int = setting(4000, "TCP port to listen on.", "SLUICE_PORT", ge=0, le=65535)
+    workers: int = setting(1, "Worker processes (each a full gateway).", "SLUICE_WORKERS", ge=1, le=64)
+    data_dir: str = setting(
+        ".sluice",
+        "Directory for the SQLite store and the server secret, relative to the working directory.",
+        "SLUICE_DATA_DIR",
+    )
+    max_body_bytes: int = setting(
+        DEFAULT_MAX_BODY_BYTES,
+        "Largest request body accepted, in bytes; larger bodies get 413. At most 32 MiB.",
+        "SLUICE_MAX_BODY_BYTES",
+        ge=1024,
+        le=MAX_BODY_BYTES_CEILING,
+    )
+    key_cache_ttl_s: float = setting(
+        5.0,
+        "Seconds a virtual key lookup is cached in memory; bounds how long a revoked key keeps working.",
+        "SLUICE_KEY_CACHE_TTL_S",
+        ge=0,
+        le=300,
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = setting(
+        "info", "Log level.", "SLUICE_LOG_LEVEL"
+    )
+    access_log: bool = setting(False, "Log one line per request (costs throughput).", "SLUICE_ACCESS_LOG")
+
+
+class Timeouts(_Strict):
+    """Deadlines for one upstream call, in seconds. Streams are bounded by ``idle`` and ``total``."""
+
+    connect: float = setting(10.0, "Seconds to open a TCP/TLS connection to the provider.", gt=0)
+    first_byte: float = setting(
+        120.0, "Seconds from sending the request to the response headers and first event.", gt=0
+    )
+    idle: float = setting(
+        120.0,
+        "Seconds without a data event in a stream; keep-alive comments do not reset it.",
+        gt=0,
+    )
+    total: float = setting(900.0, "Seconds for the whole call, stream included.", gt=0)
+
+
+class ProviderSettings(_Strict):
+    """One provider account: a preset (or ``openai_compatible``), where it lives and how to authenticate."""
+
+    name: str = setting(..., "Unique name, referenced by model deployments.", min_length=1)
+    preset: str = setting(..., f"One of: {', '.join(PRESET_NAMES)}.")
+    base_url: str | None = setting(None, "Override the preset's base URL (required for openai_compatible).")
+    api_key: str | None = setting(
+        None, "Secret reference, `env:NAME`. A literal key is refused unless `allow_literal_keys` is true."
+    )
+    headers: dict[str, str] = setting({}, "Extra headers sent upstream on every request.")
+    max_connections: int = setting(
+        1024, "Connection pool size for this provider (concurrent upstream requests).", ge=1, le=100_000
+    )
+    timeouts: Timeouts = setting(Timeouts(), "Upstream deadlines (see Timeouts).")
+    anthropic_version: str = setting(
+        "2026-10-21",
+        "anthropic-version header for the anthropic preset. On 2026-10-21 temperature/top_p are dropped.",
+    )
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        if v not in PRESET_NAMES:
+            raise ValueError(f"unknown preset {v!r}; expected one of {', '.join(PRESET_NAMES)}")
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _compatible_needs_url(self) -> ProviderSettings:
+        if self.preset == "openai_compatible" and not self.base_url:
+            raise ValueError("preset openai_compatible needs a base_url")
+        return self
+
+
+class DeploymentSettings(_Strict):
+    """Where an alias is served: a provider and the model name that provider uses."""
+
+    provider: str = setting(..., "Name of a provider declared under `providers`.")
+    model: str = setting(..., "Model name as the provider knows it.", min_length=1)
+    max_output_tokens: int = setting(
+        4096,
+        "Output cap injected when a request sets none (so the worst case is bounded); also Anthropic's "
+        "required max_tokens.",
+        ge=1,
+    )
+
+
+class ModelSettings(_Strict):
+    """A public model name (alias) and the deployments that serve it, in order."""
+
+    name: str = setting(..., "Public model name clients send as `model`.", min_length=1)
+    mode: Literal["chat", "embedding"] = setting("chat", "What the model does: chat or embedding.")
+    deployments: list[DeploymentSettings] = setting(
+        ..., "Deployments in order (one is used today; later ones are fallbacks).", min_length=1
+    )
+
+
+class EmulatorSettings(_Strict):
+    """The built-in provider emulator (used by the demo, `sluice emulate` and tests)."""
+
+    host: str = setting("127.0.0.1", "Interface for `sluice emulate`.", "SLUICE_EMULATOR_HOST")
+    port: int = setting(4010, "Port for `sluice emulate`.", "SLUICE_EMULATOR_PORT", ge=0, le=65535)
+    faults: str = setting(
+        "", "Fault spec applied to every request, e.g. `latency_ms=50 status=429` (see docs/emulator.md)."
+    )
+    model_faults: dict[str, str] = setting({}, "Fault spec per upstream model name.")
+
+
+class Config(_Strict):
+    """The whole configuration file."""
+
+    server: ServerSettings = setting(ServerSettings(), "Listening and state (see ServerSettings).")
+    providers: list[ProviderSettings] = setting([], "Provider accounts.")
+    models: list[ModelSettings] = setting([], "Public model aliases.")
+    allow_literal_keys: bool = setting(
+        False, "Allow provider keys written literally in the file (a warning is logged)."
+    )
+    emulator: EmulatorSettings = setting(EmulatorSettings(), "Emulator settings (see EmulatorSettings).")
+
+
+SECTIONS: tuple[type[BaseModel], ...] = (
+    Config,
+    ServerSettings,
+    ProviderSettings,
+    Timeouts,
+    ModelSettings,
+    DeploymentSettings,
+    EmulatorSettings,
+)
+
+
+def env_overrides(model: type[BaseModel], environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Values for ``model``'s fields taken from their environment variables."""
+    env = os.environ if environ is None else environ
+    out: dict[str, str] = {}
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra
+        var = extra.get("env") if isinstance(extra, dict) else None
+        if isinstance(var, str) and var in env:
+            out[name] = env[var]
+    return out

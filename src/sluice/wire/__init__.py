@@ -1,0 +1,1 @@
+"""OpenAI wire types, request validation and SSE framing. Pure: no I/O."""

@@ -1,0 +1,150 @@
+"""Shared fixtures: a real emulator and a real Sluice server on 127.0.0.1, and real openai clients."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import uvicorn
+
+from sluice.api.asgi import SluiceAPI
+from sluice.app import create_app
+from sluice.config_file import parse_config
+from sluice.emulator import Emulator
+from sluice.settings import Config
+
+ADMIN_KEY = "sk-test-admin-key-0123456789"
+# Every dialect the gateway speaks, as (alias, preset, upstream model, has embeddings)
+DIALECTS: list[tuple[str, str, str, bool]] = [
+    ("oa-chat", "openai", "gpt-4o-mini", True),
+    ("ds-chat", "deepseek", "deepseek-flash", False),
+    ("qwen-chat", "dashscope", "qwen-plus", True),
+    ("or-chat", "openrouter", "qwen/qwen-plus", True),
+    ("claude-chat", "anthropic", "claude-sonnet-4-5", False),
+    ("gem-chat", "gemini", "gemini-2.5-flash", True),
+    ("groq-chat", "groq", "llama-3.3-70b-versatile", False),
+    ("ollama-chat", "ollama", "llama3.2", True),
+    ("vllm-chat", "vllm", "Qwen/Qwen3-8B", True),
+]
+CHAT_ALIASES = [d[0] for d in DIALECTS]
+EMBEDDING_ALIASES = [d[0].replace("-chat", "-embed") for d in DIALECTS if d[3]]
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config_yaml(emu: Emulator, data_dir: Path, timeouts: str = "") -> str:
+    """A config with every preset pointed at the emulator (also exercises the YAML loader)."""
+    lines = ["server:", f"  data_dir: {data_dir}", "  key_cache_ttl_s: 0.2", "providers:"]
+    for _alias, preset, _model, _emb in DIALECTS:
+        key = "" if preset in ("ollama", "vllm") else f"    api_key: env:EMU_{preset.upper()}_KEY\n"
+        lines.append(
+            f"  - name: {preset}\n    preset: {preset}\n    base_url: {emu.base_url(preset)}\n{key}{timeouts}"
+        )
+    lines.append("models:")
+    for alias, preset, model, emb in DIALECTS:
+        lines.append(f"  - name: {alias}\n    deployments: [{{provider: {preset}, model: '{model}'}}]")
+        if emb:
+            emb_alias = alias.replace("-chat", "-embed")
+            lines.append(
+                f"  - name: {emb_alias}\n    mode: embedding\n"
+                f"    deployments: [{{provider: {preset}, model: text-embedding-3-small}}]"
+            )
+    return "\n".join(line.rstrip("\n") for line in lines) + "\n"
+
+
+def provider_env() -> dict[str, str]:
+    """Environment holding the (emulator) provider keys the test config references."""
+    return {f"EMU_{p.upper()}_KEY": f"sk-emu-{p}-key" for _a, p, _m, _e in DIALECTS} | {
+        "SLUICE_ADMIN_KEY": ADMIN_KEY
+    }
+
+
+class ServerThread:
+    """A real uvicorn server running a Sluice app in a background thread."""
+
+    def __init__(self, app: SluiceAPI) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            loop="asyncio",
+            http="httptools",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve())
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("server failed to start")
+            threading.Event().wait(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL of this server."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[Emulator]:
+    """One emulator for the session."""
+    emu = Emulator()
+    emu.start_in_thread()
+    yield emu
+    emu.stop_thread()
+
+
+def make_config(emu: Emulator, data_dir: Path, timeouts: str = "") -> Config:
+    """Parse the test config (through the real loader)."""
+    return parse_config(config_yaml(emu, data_dir, timeouts), environ=provider_env()).config
+
+
+@pytest.fixture(scope="session")
+def gateway(emulator: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """A Sluice server over the emulator, with short upstream deadlines so fault tests stay fast."""
+    data_dir = tmp_path_factory.mktemp("sluice-data")
+    timeouts = "    timeouts: {connect: 2, first_byte: 1.5, idle: 1.0, total: 6}\n"
+    app = create_app(make_config(emulator, data_dir, timeouts), provider_env())
+    with ServerThread(app) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def client(gateway: ServerThread) -> Iterator[openai.OpenAI]:
+    """The real openai SDK, pointed at Sluice, with SDK retries off so each call is one request."""
+    with openai.OpenAI(base_url=gateway.base_url, api_key=ADMIN_KEY, max_retries=0, timeout=20) as c:
+        yield c
+
+
+@pytest.fixture
+def aclient(gateway: ServerThread) -> openai.AsyncOpenAI:
+    """The async SDK (one per test: it binds to the test's event loop)."""
+    return openai.AsyncOpenAI(base_url=gateway.base_url, api_key=ADMIN_KEY, max_retries=0, timeout=20)
+
+
+def fault(spec: str) -> dict[str, Any]:
+    """A user message carrying an emulator fault directive through the gateway."""
+    return {"role": "user", "content": f"hello @emulator({spec})"}
