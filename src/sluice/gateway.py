@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import base64
 import logging
+import sys
 from array import array
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from sluice.errors import InvalidRequest, ModelNotFound, SluiceError, UpstreamError
+from sluice.providers.base import StreamTranslator
 from sluice.routing.table import Deployment, Route
 from sluice.upstream import Upstream, UpstreamResponse
 from sluice.wire.requests import ChatRequest, EmbeddingRequest
+from sluice.wire.sse import Event
 
 log = logging.getLogger("sluice.gateway")
 
@@ -35,32 +38,66 @@ class Reply:
 
 @dataclass(slots=True)
 class StreamReply:
-    """An open stream: headers to send first, then ``frames()``; ``close()`` must always run."""
+    """An open stream: headers to send first, then ``frames()``; ``close()`` must always run.
+
+    ``open()`` reads until the first frame for the client exists, so a provider that fails or times
+    out before its first event still gets a proper HTTP error status, not a 200 with an SSE error.
+    """
 
     headers: list[tuple[bytes, bytes]]
     _resp: UpstreamResponse
     _deployment: Deployment
-    _translator: Any
-    delivered: int = field(default=0)
+    _translator: StreamTranslator
+    _events: AsyncGenerator[list[Event], None] | None = None
+    _pending: list[bytes] = field(default_factory=list)
+    _error: SluiceError | None = None
 
     @property
     def usage(self) -> dict[str, Any] | None:
         """Usage reported by the provider so far (None if it never said)."""
-        usage: dict[str, Any] | None = self._translator.usage
-        return usage
+        return self._translator.usage
+
+    def _translate(self, events: list[Event]) -> list[bytes]:
+        """Frames for a batch of events; an error keeps the frames before it (raised after them)."""
+        out: list[bytes] = []
+        try:
+            for event in events:
+                out += self._translator.feed(event)
+        except SluiceError as err:
+            if not out:
+                raise
+            self._error = err
+        return out
+
+    def _stopped(self) -> bool:
+        return self._translator.done or self._error is not None
+
+    async def open(self) -> None:
+        """Read up to the first client frame (the pre-commit window)."""
+        self._events = self._resp.events()
+        while not self._pending and not self._translator.done:
+            try:
+                events = await anext(self._events)
+            except StopAsyncIteration:
+                return
+            self._pending = self._translate(events)
 
     async def frames(self) -> AsyncIterator[bytes]:
         """Client-ready SSE bytes; raises ``SluiceError`` if the upstream fails mid-stream."""
+        assert self._events is not None, "open() first"
         translator = self._translator
-        async for events in self._resp.events():
-            out: list[bytes] = []
-            for event in events:
-                out += translator.feed(event)
-            if out:
-                self.delivered += len(out)
-                yield b"".join(out)
-            if translator.done:
-                break
+        if self._pending:
+            yield b"".join(self._pending)
+            self._pending = []
+        if not self._stopped():
+            async for events in self._events:
+                out = self._translate(events)
+                if out:
+                    yield b"".join(out)
+                if self._stopped():
+                    break
+        if self._error is not None:
+            raise self._error
         if not translator.done:
             raise UpstreamError(
                 f"Provider {self._deployment.target.provider!r} ended the stream before it was complete."
@@ -69,6 +106,8 @@ class StreamReply:
 
     async def close(self, *, error: bool = False) -> None:
         """Release (or, after an error or disconnect, drop) the upstream connection."""
+        if self._events is not None:
+            await self._events.aclose()
         await self._resp.__aexit__(RuntimeError if error else None, None, None)
 
 
@@ -103,7 +142,7 @@ class Gateway:
         return route
 
     async def _failed(self, dep: Deployment, resp: UpstreamResponse) -> SluiceError:
-        raw = await self._upstream.error_body(resp)
+        raw = self._upstream.redact(dep.target.provider, await self._upstream.error_body(resp))
         err = dep.adapter.error(dep.target.provider, resp.status, resp.headers, raw)
         log.warning(
             "upstream error provider=%s status=%s mapped=%s", dep.target.provider, resp.status, err.code
@@ -126,16 +165,19 @@ class Gateway:
         dep = route.deployments[0]
         call = dep.adapter.chat_call(req, dep.target)
         resp = await self._upstream.send(dep.target.provider, call, stream=True)
+        reply = StreamReply(_meta_headers(dep), resp, dep, dep.adapter.chat_stream(req, dep.target))
         try:
             if resp.status != 200:
                 raise await self._failed(dep, resp)
             if not resp.headers.get("content-type", "").startswith("text/event-stream"):
-                raw = await self._upstream.error_body(resp)
-                raise dep.adapter.error(dep.target.provider, 502 if b'"error"' not in raw else 400, {}, raw)
+                raise UpstreamError(
+                    f"Provider {dep.target.provider!r} answered a stream request without a stream."
+                )
+            await reply.open()
         except BaseException:
-            await resp.__aexit__(RuntimeError, None, None)
+            await reply.close(error=True)
             raise
-        return StreamReply(_meta_headers(dep), resp, dep, dep.adapter.chat_stream(req, dep.target))
+        return reply
 
     async def embeddings(self, req: EmbeddingRequest, route: Route) -> Reply:
         """Embeddings, fetched as floats and encoded as base64 here when the client asked for it."""
@@ -165,10 +207,6 @@ class Gateway:
 def _b64_float32(vector: list[float]) -> str:
     """Little-endian float32, base64: what the OpenAI SDK decodes by default."""
     arr = array("f", vector)
-    if arr.itemsize != 4:  # pragma: no cover - every supported platform has 4-byte floats
-        raise ValueError("float32 unavailable")
-    import sys  # noqa: PLC0415  (only for the rare big-endian host)
-
-    if sys.byteorder == "big":  # pragma: no cover
+    if sys.byteorder == "big":  # pragma: no cover - the wire format is little-endian
         arr.byteswap()
     return base64.b64encode(arr.tobytes()).decode()

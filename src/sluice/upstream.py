@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -70,7 +70,7 @@ class UpstreamResponse:
             raise UpstreamError(f"Provider {self._endpoint.name!r} sent an oversized response.")
         return body
 
-    async def events(self) -> AsyncIterator[list[Event]]:
+    async def events(self) -> AsyncGenerator[list[Event], None]:
         """SSE events as they arrive, batched per read, under the first-byte, idle and total deadlines.
 
         The deadline wraps each read only, so time the consumer spends sending to a slow client never
@@ -153,6 +153,14 @@ class Upstream:
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"Provider {provider!r} broke the connection.") from exc
         return UpstreamResponse(endpoint, resp, started)
+
+    def redact(self, provider: str, raw: bytes) -> bytes:
+        """Remove this provider's credentials from a body (a provider may echo the key it was sent)."""
+        for value in self._endpoints[provider].auth_headers.values():
+            secret = value[7:] if value.startswith("Bearer ") else value
+            if len(secret) >= 4:
+                raw = raw.replace(secret.encode(), b"[redacted]")
+        return raw
 
     async def error_body(self, resp: UpstreamResponse) -> bytes:
         """Read an error body, bounded, never failing (an unreadable body is an empty one)."""

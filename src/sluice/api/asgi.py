@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from sluice.api.errors import error_body, error_frame, error_headers
+from sluice.api.errors import envelope, error_body, error_frame, error_headers
 from sluice.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -191,8 +191,9 @@ class SluiceAPI:
         if principal.models is not None and model not in principal.models:
             raise PermissionDenied(f"This key may not use the model '{model}'.", param="model")
 
+    @staticmethod
     def _headers(
-        self, req: Request, extra: list[tuple[bytes, bytes]], base: list[tuple[bytes, bytes]]
+        req: Request, extra: list[tuple[bytes, bytes]], base: list[tuple[bytes, bytes]]
     ) -> list[tuple[bytes, bytes]]:
         return [*base, (b"x-sluice-request-id", req.request_id), *extra]
 
@@ -301,15 +302,11 @@ class SluiceAPI:
             await self._respond(
                 req,
                 503,
-                orjson.dumps({"status": "not_ready", "checks": checks, **_error_part(err)}),
+                orjson.dumps({"status": "not_ready", "checks": checks, **envelope(err)}),
                 JSON_HEADERS,
             )
             return
         await self._respond(req, 200, orjson.dumps({"status": "ready", "checks": checks}), JSON_HEADERS)
-
-
-def _error_part(err: SluiceError) -> dict[str, Any]:
-    return orjson.loads(error_body(err))  # type: ignore[no-any-return]
 
 
 ROUTES: dict[str, dict[str, Handler]] = {

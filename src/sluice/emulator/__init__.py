@@ -61,6 +61,11 @@ class Emulator:
         """The base URL a provider preset should use to reach this emulator's ``flavor``."""
         return flavor_url(self.url, flavor)
 
+    @property
+    def in_flight(self) -> int:
+        """Answers still being sent (delayed or paced): 0 once every client has been answered or left."""
+        return self._server.in_flight
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen in the running event loop."""
         self.host = host
@@ -145,7 +150,15 @@ class Emulator:
         if flavor not in _NO_AUTH and not _has_auth(incoming.headers):
             return _error(flavor, 401, f)
         if f.status:
-            plan = _error(flavor, f.status, f)
+            echo = incoming.headers.get("x-api-key") or incoming.headers.get("authorization", "")
+            plan = _error(
+                flavor,
+                f.status,
+                f,
+                f"Invalid request for key {echo[7:] if echo.startswith('Bearer') else echo}"
+                if f.echo_key
+                else None,
+            )
             plan.latency = f.latency_ms / 1000
             return plan
         if flavor == "anthropic":

@@ -149,7 +149,7 @@ def _event(name: str, payload: dict[str, Any]) -> bytes:
 
 def _stream(message: dict[str, Any], f: Faults) -> Plan:
     usage = message["usage"]
-    start_usage = {**usage, "output_tokens": 1}
+    start_usage = {} if f.no_usage else {**usage, "output_tokens": 1}
     frames = [
         _event(
             "message_start",

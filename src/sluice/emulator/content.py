@@ -101,15 +101,25 @@ def schema_instance(schema: Any, depth: int = 0) -> Any:
         return [schema_instance(schema.get("items", {}), depth + 1) for _ in range(count)]
     if kind == "string":
         text = "example"
-        min_len = int(schema.get("minLength", 0))
-        return text + "x" * max(0, min_len - len(text))
-    if kind == "integer":
-        return int(schema.get("minimum", 1))
-    if kind == "number":
-        return schema.get("minimum", 1.5)
+        text += "x" * max(0, int(schema.get("minLength", 0)) - len(text))
+        return text[: int(schema.get("maxLength", len(text)))]
+    if kind in ("integer", "number"):
+        return _number(schema, kind)
     if kind == "boolean":
         return True
     return None
+
+
+def _number(schema: dict[str, Any], kind: str) -> int | float:
+    """A number inside the schema's bounds (inclusive or exclusive), preferring 1."""
+    lo = schema.get("minimum", schema.get("exclusiveMinimum"))
+    hi = schema.get("maximum", schema.get("exclusiveMaximum"))
+    value: float = 1 if kind == "integer" else 1.5
+    if lo is not None and value <= lo:
+        value = lo + (1 if "exclusiveMinimum" in schema and "minimum" not in schema else 0)
+    if hi is not None and value >= hi:
+        value = hi - (1 if "exclusiveMaximum" in schema and "maximum" not in schema else 0)
+    return int(value) if kind == "integer" else value
 
 
 def embedding(text: str, dims: int) -> list[float]:

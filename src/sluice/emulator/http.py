@@ -65,7 +65,7 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
-        self._busy = False
+        self._task: asyncio.Task[None] | None = None
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -84,6 +84,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._conns.discard(self)
+        if self._task is not None:
+            self._task.cancel()  # the client left: stop pacing out an answer nobody reads
 
     def close(self) -> None:
         """Drop the connection (used on shutdown)."""
@@ -118,6 +120,7 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.pause_reading()  # one request at a time on this connection
         task = asyncio.get_running_loop().create_task(self._send_plan(plan))
+        self._task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -160,6 +163,16 @@ class HTTPServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._conns: set[_Connection] = set()
+
+    @property
+    def in_flight(self) -> int:
+        """Answers still being sent (delayed or paced)."""
+        return len(self._tasks)
+
+    @property
+    def connections(self) -> int:
+        """Open client connections."""
+        return len(self._conns)
 
     async def start(self, host: str, port: int) -> int:
         """Listen; return the bound port (useful with port 0)."""

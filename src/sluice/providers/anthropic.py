@@ -79,14 +79,17 @@ def _assistant_blocks(msg: dict[str, Any], param: str) -> list[dict[str, Any]]:
         blocks.append({"type": "text", "text": text})
     for j, call in enumerate(msg.get("tool_calls") or []):
         fn = call["function"]
+        bad = InvalidRequest(
+            "Tool call arguments must be a JSON object string.",
+            param=f"{param}.tool_calls[{j}].function.arguments",
+            code="invalid_value",
+        )
         try:
             args = orjson.loads(fn.get("arguments") or "{}")
         except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(
-                "Tool call arguments must be a JSON object string.",
-                param=f"{param}.tool_calls[{j}].function.arguments",
-                code="invalid_value",
-            ) from exc
+            raise bad from exc
+        if not isinstance(args, dict):
+            raise bad
         blocks.append(
             {"type": "tool_use", "id": call.get("id") or f"call_{j}", "name": fn["name"], "input": args}
         )
@@ -134,7 +137,7 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
         out = {"type": "none"}
     else:
         out = {"type": "tool", "name": choice.get("function", {}).get("name") or choice.get("name")}
-    if parallel is False:
+    if parallel is False and (out is None or out["type"] != "none"):  # "none" takes no other field
         out = {**(out or {"type": "auto"}), "disable_parallel_tool_use": True}
     return out
 
@@ -260,7 +263,7 @@ class AnthropicAdapter:
             message["tool_calls"] = calls
         if thinking:
             message["reasoning_content"] = "".join(thinking)
-        usage = openai_usage(msg.get("usage") or {})
+        usage = openai_usage(msg["usage"]) if isinstance(msg.get("usage"), dict) else None
         out = {
             "id": msg.get("id"),
             "object": "chat.completion",
@@ -275,8 +278,9 @@ class AnthropicAdapter:
                     "finish_reason": STOP_REASONS.get(msg.get("stop_reason") or "", "stop"),
                 }
             ],
-            "usage": usage,
         }
+        if usage is not None:
+            out["usage"] = usage
         return Translated(orjson.dumps(out), usage)
 
     def chat_stream(self, req: ChatRequest, target: Target) -> AnthropicStream:
@@ -368,7 +372,8 @@ class AnthropicStream:
             return [self._chunk({"content": text})] if block.get("type") == "text" and text else []
         if kind == "message_delta":
             self._raw_usage.update({k: v for k, v in (payload.get("usage") or {}).items() if v is not None})
-            self.usage = openai_usage(self._raw_usage)
+            if self._raw_usage:
+                self.usage = openai_usage(self._raw_usage)
             reason = (payload.get("delta") or {}).get("stop_reason")
             return [self._chunk({}, STOP_REASONS.get(reason or "", "stop"))]
         if kind == "message_stop":

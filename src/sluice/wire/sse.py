@@ -22,16 +22,20 @@ class Event:
 class SSEDecoder:
     """Splits a byte stream into events; tolerant of CRLF and of frames split across reads."""
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_buf", "_skip_lf")
 
     def __init__(self) -> None:
         self._buf = b""
+        self._skip_lf = False  # the last read ended in CR: a LF starting the next one belongs to it
 
     def feed(self, chunk: bytes) -> list[Event]:
         """Add bytes; return every event completed by them."""
+        if self._skip_lf and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        self._skip_lf = chunk.endswith(b"\r")
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buf = self._buf + chunk if self._buf else chunk
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         events: list[Event] = []
         start = 0
         while True:

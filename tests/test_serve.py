@@ -1,0 +1,114 @@
+"""`sluice serve` with no config, and `./scripts/start`: the demo on the emulator, driven by the real SDK."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.conftest import free_port
+from tests.serving import start_sluice, stop, wait_ready
+
+ROOT = Path(__file__).resolve().parents[1]
+PROVIDER_ENVS = (
+    "OPENAI_API_KEY",
+    "DEEPSEEK_API_KEY",
+    "DASHSCOPE_API_KEY",
+    "OPENROUTER_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "GEMINI_API_KEY",
+    "GROQ_API_KEY",
+    "SLUICE_ADMIN_KEY",
+)
+
+
+def clean_env() -> dict[str, str]:
+    return dict.fromkeys(PROVIDER_ENVS, "")
+
+
+def drive_demo(port: int, log: Path) -> None:
+    text = log.read_text()
+    match = re.search(r"admin key: (sk-sluice-admin-\S+)", text)
+    assert match, text
+    assert f"http://127.0.0.1:{port}/v1" in text
+    assert "from openai import OpenAI" in text
+    with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=match.group(1), max_retries=0) as c:
+        ids = [m.id for m in c.models.list()]
+        for name in (
+            "deepseek-flash",
+            "qwen-plus",
+            "claude-sonnet-4-5",
+            "gpt-4o-mini",
+            "gemini-2.5-flash",
+            "text-embedding-3-small",
+        ):
+            assert name in ids
+        for model in ids:
+            if "embedding" in model:
+                assert c.embeddings.create(model=model, input="hello").data[0].embedding
+                continue
+            reply = c.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hello"}])
+            assert reply.choices[0].message.content
+            chunks = list(
+                c.chat.completions.create(
+                    model=model,
+                    messages=[{"role": "user", "content": "Hi"}],
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+            )
+            assert chunks[-1].usage is not None
+
+
+def test_serve_without_config_runs_the_demo(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = start_sluice(["serve", "--port", str(port)], tmp_path, clean_env(), log)
+    try:
+        wait_ready(port, proc)
+        drive_demo(port, log)
+        assert (tmp_path / ".sluice" / "sluice.db").exists(), "SQLite lives under ./.sluice"
+    finally:
+        stop(proc)
+    # second start: the admin key is not printed again
+    proc = start_sluice(["serve", "--port", str(port)], tmp_path, clean_env(), log)
+    try:
+        wait_ready(port, proc)
+        assert "sk-sluice-admin-" not in log.read_text()
+    finally:
+        stop(proc)
+
+
+def test_serve_with_two_workers(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = start_sluice(["serve", "--port", str(port), "--workers", "2"], tmp_path, clean_env(), log)
+    try:
+        wait_ready(port, proc, timeout=60)
+        drive_demo(port, log)
+    finally:
+        stop(proc)
+
+
+@pytest.mark.slow
+def test_scripts_start(tmp_path: Path) -> None:
+    """The README's first command, run as a newcomer would (reusing the venv ./scripts/test made)."""
+    port = free_port()
+    log = tmp_path / "start.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(ROOT / "scripts" / "start"), "--port", str(port)],
+            cwd=tmp_path,
+            env={**os.environ, **clean_env()},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_ready(port, proc, timeout=300)
+        drive_demo(port, log)
+    finally:
+        stop(proc)
