@@ -93,7 +93,7 @@ def test_keepalive_comments_are_harmless(client: openai.OpenAI) -> None:
 
 
 @pytest.mark.parametrize("alias", CHAT_ALIASES)
-@pytest.mark.parametrize("spec", ["cut_after=3", "mid_error=3", "malformed=3", "mid_error=4 pace_ms=5"])
+@pytest.mark.parametrize("spec", ["cut_after=5", "mid_error=5", "malformed=5", "mid_error=6 pace_ms=5"])
 def test_mid_stream_failures_become_an_sse_error(client: openai.OpenAI, alias: str, spec: str) -> None:
     received: list[Any] = []
     stream = _call(client, alias, spec, stream=True)
@@ -101,6 +101,23 @@ def test_mid_stream_failures_become_an_sse_error(client: openai.OpenAI, alias: s
         received.extend(stream)
     assert received, "the client got the chunks sent before the failure"
     assert "upstream" in str(exc.value.message).lower() or "provider" in str(exc.value.message).lower()
+
+
+@pytest.mark.parametrize("alias", CHAT_ALIASES)
+@pytest.mark.parametrize("spec", ["cut_after=1", "mid_error=1", "malformed=1", "mid_error=1 pace_ms=5"])
+def test_failures_before_any_content_are_http_errors(client: openai.OpenAI, alias: str, spec: str) -> None:
+    # only a role chunk (or for Anthropic, message_start) came before the failure: nothing of substance
+    # reached the client, so it still gets a status it can act on (and the SDK can retry)
+    with pytest.raises(openai.APIStatusError) as exc:
+        list(_call(client, alias, spec, stream=True))
+    assert exc.value.status_code == 502
+    _error_body(exc.value)
+
+
+def test_empty_event_stream_is_an_http_error(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as exc:
+        list(_call(client, "claude-chat", "cut_after=0", stream=True))
+    assert exc.value.status_code == 502
 
 
 @pytest.mark.parametrize("alias", CHAT_ALIASES)
@@ -152,3 +169,9 @@ def test_embedding_faults(client: openai.OpenAI) -> None:
     with pytest.raises(openai.InternalServerError) as exc:
         client.embeddings.create(model="oa-embed", input="@emulator(html=1)")
     assert exc.value.status_code == 502
+
+
+def test_provider_request_id_is_logged(client: openai.OpenAI, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="sluice.gateway"), pytest.raises(openai.InternalServerError):
+        _call(client, "qwen-chat", "status=500")
+    assert any("upstream_request_id=emu-req-0001" in r.getMessage() for r in caplog.records)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import openai
@@ -110,5 +112,32 @@ def test_scripts_start(tmp_path: Path) -> None:
     try:
         wait_ready(port, proc, timeout=300)
         drive_demo(port, log)
+    finally:
+        stop(proc)
+
+
+def test_sluice_emulate_command(tmp_path: Path) -> None:
+    """The emulator alone, as the CLI runs it (on uvloop)."""
+    port = free_port()
+    log = tmp_path / "emulate.log"
+    proc = start_sluice(["emulate", "--port", str(port), "--faults", "tokens=3"], tmp_path, {}, log)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/deepseek", api_key="x", max_retries=0) as c:
+            reply = c.chat.completions.create(
+                model="deepseek-flash", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert reply.usage is not None
+            assert reply.choices[0].message.content == "sluice gates measure"
+            assert [m.id for m in c.models.list()] == ["deepseek-flash"]
+        assert "emulator listening on" in log.read_text()
     finally:
         stop(proc)

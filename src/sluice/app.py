@@ -56,7 +56,7 @@ def _endpoint(p: ProviderSettings, environ: Mapping[str, str]) -> ProviderEndpoi
         name=p.name,
         base_url=p.base_url or preset.base_url,
         auth_headers=auth,
-        headers=dict(p.headers),
+        headers={name: resolve_secret(value, environ) or "" for name, value in p.headers.items()},
         timeouts=p.timeouts,
         max_connections=p.max_connections,
     )

@@ -8,17 +8,19 @@ plug in here in later stages.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import sys
 from array import array
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from sluice.errors import InvalidRequest, ModelNotFound, SluiceError, UpstreamError
-from sluice.providers.base import StreamTranslator
+from sluice.providers.base import StreamTranslator, Target
+from sluice.providers.errors import parse_error_body
 from sluice.routing.table import Deployment, Route
 from sluice.upstream import Upstream, UpstreamResponse
 from sluice.wire.requests import ChatRequest, EmbeddingRequest
@@ -40,8 +42,9 @@ class Reply:
 class StreamReply:
     """An open stream: headers to send first, then ``frames()``; ``close()`` must always run.
 
-    ``open()`` reads until the first frame for the client exists, so a provider that fails or times
-    out before its first event still gets a proper HTTP error status, not a 200 with an SSE error.
+    ``open()`` reads until the provider has produced something of substance (content, a tool call,
+    reasoning or a finish), so a provider that fails, times out or sends nothing before that still gets
+    a proper HTTP error status (which the SDK can retry), not a 200 with an SSE error.
     """
 
     headers: list[tuple[bytes, bytes]]
@@ -51,6 +54,11 @@ class StreamReply:
     _events: AsyncGenerator[list[Event], None] | None = None
     _pending: list[bytes] = field(default_factory=list)
     _error: SluiceError | None = None
+
+    @property
+    def client_idle(self) -> float:
+        """Seconds a client may take to accept one chunk before it is dropped."""
+        return self._resp.idle
 
     @property
     def usage(self) -> dict[str, Any] | None:
@@ -73,14 +81,19 @@ class StreamReply:
         return self._translator.done or self._error is not None
 
     async def open(self) -> None:
-        """Read up to the first client frame (the pre-commit window)."""
+        """Read until the stream has substance (the pre-commit window); raise if it fails before."""
         self._events = self._resp.events()
-        while not self._pending and not self._translator.done:
+        translator = self._translator
+        while not (translator.started or translator.done or self._error is not None):
             try:
                 events = await anext(self._events)
             except StopAsyncIteration:
-                return
-            self._pending = self._translate(events)
+                break
+            self._pending += self._translate(events)
+        if not (translator.started or translator.done):
+            raise self._error or UpstreamError(
+                f"Provider {self._deployment.target.provider!r} ended the stream before sending anything."
+            )
 
     async def frames(self) -> AsyncIterator[bytes]:
         """Client-ready SSE bytes; raises ``SluiceError`` if the upstream fails mid-stream."""
@@ -108,16 +121,23 @@ class StreamReply:
         """Release (or, after an error or disconnect, drop) the upstream connection."""
         if self._events is not None:
             await self._events.aclose()
+        if not error and self._translator.done:
+            await self._resp.drain()
         await self._resp.__aexit__(RuntimeError if error else None, None, None)
 
 
-def _meta_headers(dep: Deployment) -> list[tuple[bytes, bytes]]:
-    t = dep.target
+@functools.cache
+def _target_headers(t: Target) -> list[tuple[bytes, bytes]]:
     return [
         (b"x-sluice-provider", t.provider.encode()),
         (b"x-sluice-model", t.upstream_model.encode()),
         (b"x-sluice-attempts", b"1"),
     ]
+
+
+def _meta_headers(dep: Deployment) -> list[tuple[bytes, bytes]]:
+    """Response headers naming what served the request (built once per deployment)."""
+    return _target_headers(dep.target)
 
 
 class Gateway:
@@ -141,11 +161,19 @@ class Gateway:
             )
         return route
 
-    async def _failed(self, dep: Deployment, resp: UpstreamResponse) -> SluiceError:
-        raw = self._upstream.redact(dep.target.provider, await self._upstream.error_body(resp))
-        err = dep.adapter.error(dep.target.provider, resp.status, resp.headers, raw)
+    def _failed(self, dep: Deployment, status: int, headers: Mapping[str, str], body: bytes) -> SluiceError:
+        """The error for a provider's non-200 answer, logged with the provider's request id."""
+        raw = self._upstream.redact(dep.target.provider, body)
+        err = dep.adapter.error(dep.target.provider, status, headers, raw)
+        upstream_id = (
+            parse_error_body(raw).request_id or headers.get("x-request-id") or headers.get("request-id")
+        )
         log.warning(
-            "upstream error provider=%s status=%s mapped=%s", dep.target.provider, resp.status, err.code
+            "upstream error provider=%s status=%s mapped=%s upstream_request_id=%s",
+            dep.target.provider,
+            status,
+            err.code,
+            upstream_id,
         )
         return err
 
@@ -153,22 +181,21 @@ class Gateway:
         """A non-stream chat completion."""
         dep = route.deployments[0]
         call = dep.adapter.chat_call(req, dep.target)
-        async with await self._upstream.send(dep.target.provider, call, stream=False) as resp:
-            if resp.status != 200:
-                raise await self._failed(dep, resp)
-            raw = await resp.read()
-        out = dep.adapter.chat_response(raw, req, dep.target)
+        got = await self._upstream.fetch(dep.target.provider, call)
+        if got.status != 200:
+            raise self._failed(dep, got.status, got.headers, got.body)
+        out = dep.adapter.chat_response(got.body, req, dep.target)
         return Reply(out.body, _meta_headers(dep), out.usage)
 
     async def chat_stream(self, req: ChatRequest, route: Route) -> StreamReply:
         """Open a stream: returns once the provider has answered with a 200 event stream."""
         dep = route.deployments[0]
         call = dep.adapter.chat_call(req, dep.target)
-        resp = await self._upstream.send(dep.target.provider, call, stream=True)
+        resp = await self._upstream.open_stream(dep.target.provider, call)
         reply = StreamReply(_meta_headers(dep), resp, dep, dep.adapter.chat_stream(req, dep.target))
         try:
             if resp.status != 200:
-                raise await self._failed(dep, resp)
+                raise self._failed(dep, resp.status, resp.headers, await self._upstream.error_body(resp))
             if not resp.headers.get("content-type", "").startswith("text/event-stream"):
                 raise UpstreamError(
                     f"Provider {dep.target.provider!r} answered a stream request without a stream."
@@ -183,12 +210,11 @@ class Gateway:
         """Embeddings, fetched as floats and encoded as base64 here when the client asked for it."""
         dep = route.deployments[0]
         call = dep.adapter.embeddings_call(req, dep.target)
-        async with await self._upstream.send(dep.target.provider, call, stream=False) as resp:
-            if resp.status != 200:
-                raise await self._failed(dep, resp)
-            raw = await resp.read()
+        got = await self._upstream.fetch(dep.target.provider, call)
+        if got.status != 200:
+            raise self._failed(dep, got.status, got.headers, got.body)
         try:
-            body = orjson.loads(raw)
+            body = orjson.loads(got.body)
             data = body["data"]
             if not isinstance(data, list) or not data:
                 raise TypeError("no data")

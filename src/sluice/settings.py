@@ -83,7 +83,9 @@ class ProviderSettings(_Strict):
     api_key: str | None = setting(
         None, "Secret reference, `env:NAME`. A literal key is refused unless `allow_literal_keys` is true."
     )
-    headers: dict[str, str] = setting({}, "Extra headers sent upstream on every request.")
+    headers: dict[str, str] = setting(
+        {}, "Extra headers sent upstream on every request; values may be `env:NAME` references (secrets)."
+    )
     max_connections: int = setting(
         1024, "Connection pool size for this provider (concurrent upstream requests).", ge=1, le=100_000
     )

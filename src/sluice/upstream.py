@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
 import aiohttp
+from yarl import URL
 
 from sluice.errors import SluiceError, UpstreamError, UpstreamTimeout
 from sluice.providers.base import UpstreamCall
 from sluice.settings import Timeouts
 from sluice.wire.sse import Event, SSEDecoder
 
-_READ_SIZE = 65536
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,27 @@ class ProviderEndpoint:
     max_connections: int = 1024
 
 
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A complete upstream answer (non-stream): status, case-insensitive headers, body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+async def _read_all(resp: aiohttp.ClientResponse, limit: int, provider: str) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    content = resp.content
+    while chunk := await content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamError(f"Provider {provider!r} sent an oversized response.")
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 class UpstreamResponse:
     """An open upstream response; use as an async context manager so the connection is released."""
 
@@ -44,7 +66,7 @@ class UpstreamResponse:
         self._resp = resp
         self._started = started
         self.status = resp.status
-        self.headers = {k.lower(): v for k, v in resp.headers.items()}
+        self.headers: Mapping[str, str] = resp.headers  # case-insensitive
 
     async def __aenter__(self) -> UpstreamResponse:
         return self
@@ -54,21 +76,31 @@ class UpstreamResponse:
     ) -> None:
         self._resp.release() if et is None else self._resp.close()
 
+    @property
+    def first_byte(self) -> float:
+        """The provider's first-byte deadline, in seconds."""
+        return self._endpoint.timeouts.first_byte
+
+    @property
+    def idle(self) -> float:
+        """The provider's idle deadline, in seconds (also how long a slow client may stall a stream)."""
+        return self._endpoint.timeouts.idle
+
     def _deadline(self) -> float:
         return self._started + self._endpoint.timeouts.total
 
-    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
-        """The whole body, within the total deadline."""
+    async def read(self, limit: int = MAX_RESPONSE_BYTES, within: float | None = None) -> bytes:
+        """The whole body, within the total deadline (or ``within`` seconds from now, if sooner)."""
+        deadline = self._deadline()
+        if within is not None:
+            deadline = min(deadline, asyncio.get_running_loop().time() + within)
         try:
-            async with asyncio.timeout_at(self._deadline()):
-                body = await self._resp.content.read(limit + 1)
+            async with asyncio.timeout_at(deadline):
+                return await _read_all(self._resp, limit, self._endpoint.name)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"Provider {self._endpoint.name!r} exceeded the total deadline.") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"Provider {self._endpoint.name!r} broke the connection.") from exc
-        if len(body) > limit:
-            raise UpstreamError(f"Provider {self._endpoint.name!r} sent an oversized response.")
-        return body
 
     async def events(self) -> AsyncGenerator[list[Event], None]:
         """SSE events as they arrive, batched per read, under the first-byte, idle and total deadlines.
@@ -98,11 +130,25 @@ class UpstreamResponse:
             events = decoder.feed(chunk)
             if not events:
                 continue
-            if any(e.data is not None for e in events):  # comments are not progress
+            if any(e.data is not None and e.event != "ping" for e in events):  # comments, pings: no progress
                 deadline = min(loop.time() + t.idle, total_at)
             yield events
         if decoder.pending().strip():
             raise UpstreamError(f"Provider {self._endpoint.name!r} cut the stream mid-event.")
+
+    async def drain(self) -> None:
+        """After the last event, read the few bytes left (chunk terminator) so the connection is reused."""
+        content = self._resp.content
+        if content.at_eof():
+            return
+        with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+            async with asyncio.timeout(0.05):
+                while await content.readany():
+                    pass
+
+
+_JSON_HEADERS = {"content-type": "application/json"}
+_SSE_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
 
 
 class Upstream:
@@ -111,6 +157,41 @@ class Upstream:
     def __init__(self, endpoints: dict[str, ProviderEndpoint]) -> None:
         self._endpoints = endpoints
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._urls: dict[tuple[str, str], URL] = {}
+
+    def _url(self, endpoint: ProviderEndpoint, path: str) -> URL:
+        url = self._urls.get((endpoint.name, path))
+        if url is None:  # parsed once per provider and path, not per request
+            url = self._urls[(endpoint.name, path)] = URL(endpoint.base_url + path)
+        return url
+
+    @staticmethod
+    def _headers(call: UpstreamCall, *, stream: bool) -> dict[str, str]:
+        base = _SSE_HEADERS if stream else _JSON_HEADERS
+        return {**base, **call.headers} if call.headers else base
+
+    async def fetch(self, provider: str, call: UpstreamCall) -> Fetched:
+        """POST a non-stream call and read the whole answer, all under the ``total`` deadline."""
+        endpoint = self._endpoints[provider]
+        session = self._session(endpoint)
+        try:
+            async with (
+                asyncio.timeout(endpoint.timeouts.total),
+                session.post(
+                    self._url(endpoint, call.path),
+                    data=call.body,
+                    headers=self._headers(call, stream=False),
+                    allow_redirects=False,  # a redirect would carry the key and the prompt to another host
+                ) as resp,
+            ):
+                body = await _read_all(resp, MAX_RESPONSE_BYTES, provider)
+                return Fetched(resp.status, resp.headers, body)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"Provider {provider!r} did not answer in time.") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError(f"Cannot connect to provider {provider!r}.") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"Provider {provider!r} broke the connection.") from exc
 
     def _session(self, endpoint: ProviderEndpoint) -> aiohttp.ClientSession:
         session = self._sessions.get(endpoint.name)
@@ -125,27 +206,29 @@ class Upstream:
             session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=timeout,
+                # We parse every answer, so ask for identity encoding rather than inflate on the hot path.
                 auto_decompress=False,
-                skip_auto_headers=("User-Agent",),
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                cookie_jar=aiohttp.DummyCookieJar(),  # providers' cookies must not leak between tenants
                 headers={"user-agent": "sluice", **endpoint.headers, **endpoint.auth_headers},
             )
             self._sessions[endpoint.name] = session
         return session
 
-    async def send(self, provider: str, call: UpstreamCall, *, stream: bool) -> UpstreamResponse:
-        """POST a call; return once response headers are in (status may be an error)."""
+    async def open_stream(self, provider: str, call: UpstreamCall) -> UpstreamResponse:
+        """POST a stream call; return once response headers are in (status may be an error)."""
         endpoint = self._endpoints[provider]
         session = self._session(endpoint)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = asyncio.get_running_loop().time()
         t = endpoint.timeouts
-        headers = {"content-type": "application/json", **call.headers}
-        if stream:
-            headers["accept"] = "text/event-stream"
-        limit = t.first_byte if stream else t.total
         try:
-            async with asyncio.timeout(min(limit, t.total)):
-                resp = await session.post(endpoint.base_url + call.path, data=call.body, headers=headers)
+            async with asyncio.timeout(min(t.first_byte, t.total)):
+                resp = await session.post(
+                    self._url(endpoint, call.path),
+                    data=call.body,
+                    headers=self._headers(call, stream=True),
+                    allow_redirects=False,
+                )
         except TimeoutError as exc:
             raise UpstreamTimeout(f"Provider {provider!r} did not answer in time.") from exc
         except aiohttp.ClientConnectorError as exc:
@@ -156,16 +239,17 @@ class Upstream:
 
     def redact(self, provider: str, raw: bytes) -> bytes:
         """Remove this provider's credentials from a body (a provider may echo the key it was sent)."""
-        for value in self._endpoints[provider].auth_headers.values():
+        endpoint = self._endpoints[provider]
+        for value in (*endpoint.auth_headers.values(), *endpoint.headers.values()):
             secret = value[7:] if value.startswith("Bearer ") else value
-            if len(secret) >= 4:
+            if len(secret) >= 8:
                 raw = raw.replace(secret.encode(), b"[redacted]")
         return raw
 
     async def error_body(self, resp: UpstreamResponse) -> bytes:
         """Read an error body, bounded, never failing (an unreadable body is an empty one)."""
         with contextlib.suppress(SluiceError):
-            return await resp.read(limit=256 * 1024)
+            return await resp.read(limit=256 * 1024, within=resp.first_byte)
         return b""
 
     async def close(self) -> None:

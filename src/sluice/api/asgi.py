@@ -113,7 +113,7 @@ class SluiceAPI:
                 token = token or value.strip().decode("latin-1")
             elif name == b"content-length":
                 length = int(value) if value.isdigit() else None
-            elif any(part in name for part in _FORBIDDEN_HEADER_PARTS):
+            elif (b"base" in name or b"upstream" in name) and any(p in name for p in _FORBIDDEN_HEADER_PARTS):
                 token = None
                 length = -1  # flag: refused below, once the error can be rendered
         req = Request(scope, receive, send, b"req_" + os.urandom(12).hex().encode(), token, length)
@@ -208,11 +208,15 @@ class SluiceAPI:
             reply = await self.gateway.chat(chat, route)
             await self._respond(req, 200, reply.body, self._headers(req, reply.headers, JSON_HEADERS))
             return
-        stream = await self.gateway.chat_stream(chat, route)
-        await self._relay(req, stream)
+        await self._relay(req, lambda: self.gateway.chat_stream(chat, route))
 
-    async def _relay(self, req: Request, stream: StreamReply) -> None:
-        """Send a stream to the client; stop the upstream promptly if the client goes away."""
+    async def _relay(self, req: Request, opener: Callable[[], Awaitable[StreamReply]]) -> None:
+        """Open a stream and send it to the client.
+
+        A watcher notices the client leaving — while the stream is still being opened, or mid-stream —
+        and cancels this task, which closes the upstream request. A client too slow to take a chunk
+        within the provider's idle deadline is dropped, so it cannot pin an upstream connection.
+        """
         task = asyncio.current_task()
         assert task is not None
         gone = asyncio.Event()
@@ -228,18 +232,16 @@ class SluiceAPI:
                     return
 
         watcher = asyncio.create_task(watch())
+        stream: StreamReply | None = None
         failed = False
         try:
+            stream = await opener()
             req.started = True
-            await req.send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": self._headers(req, stream.headers, SSE_HEADERS),
-                }
-            )
+            headers = self._headers(req, stream.headers, SSE_HEADERS)
+            await req.send({"type": "http.response.start", "status": 200, "headers": headers})
             async for frames in stream.frames():
-                await req.send({"type": "http.response.body", "body": frames, "more_body": True})
+                async with asyncio.timeout(stream.client_idle):
+                    await req.send({"type": "http.response.body", "body": frames, "more_body": True})
             ending.set()
             await req.send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
@@ -248,8 +250,13 @@ class SluiceAPI:
                 raise
             task.uncancel()
             log.info("client disconnected mid-stream request_id=%s", req.request_id.decode())
+        except TimeoutError:
+            failed = True
+            log.warning("client too slow to read the stream request_id=%s", req.request_id.decode())
         except SluiceError as err:
             failed = True
+            if not req.started:
+                raise  # nothing sent yet: the caller renders a normal error response
             ending.set()
             log.warning("stream failed request_id=%s code=%s", req.request_id.decode(), err.code)
             await self._send_error(req, err)
@@ -257,7 +264,8 @@ class SluiceAPI:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            await stream.close(error=failed)
+            if stream is not None:
+                await stream.close(error=failed)
 
     async def _embeddings(self, req: Request) -> None:
         principal = await self._auth(req)

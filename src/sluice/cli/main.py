@@ -107,6 +107,7 @@ def _run(config: Config, config_path: str | None, emulator: Emulator | None, ser
         "http": "httptools",
         "server_header": False,
         "date_header": False,
+        "proxy_headers": False,  # we never use the client address; the middleware costs ~1.5 % per request
         "backlog": 2048,
         "timeout_keep_alive": 30,
         "lifespan": "on",

@@ -69,8 +69,8 @@ class _Connection(asyncio.Protocol):
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check
+        self._transport = transport  # type: ignore[assignment]
         self._conns.add(self)
 
     def data_received(self, data: bytes) -> None:

@@ -10,6 +10,7 @@ dropped; on 2023-06-01 ``temperature`` is clamped to Anthropic's 0–1 range.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -293,7 +294,7 @@ class AnthropicAdapter:
             "Anthropic models do not serve embeddings.", param="model", code="unsupported_model"
         )
 
-    def error(self, provider: str, status: int, headers: dict[str, str], raw: bytes) -> SluiceError:
+    def error(self, provider: str, status: int, headers: Mapping[str, str], raw: bytes) -> SluiceError:
         """Map an upstream error response (Anthropic's envelope is understood by the shared mapper)."""
         return map_error(provider, status, headers, raw)
 
@@ -310,6 +311,7 @@ class AnthropicStream:
         "_raw_usage",
         "_tools",
         "done",
+        "started",
         "usage",
     )
 
@@ -323,6 +325,7 @@ class AnthropicStream:
         self._raw_usage: dict[str, Any] = {}
         self.usage: dict[str, Any] | None = None
         self.done = False
+        self.started = False
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         chunk: dict[str, Any] = {
@@ -349,7 +352,9 @@ class AnthropicStream:
             raise UpstreamError(f"Provider {self._provider!r} sent a malformed stream event.")
         kind = event.event or payload.get("type")
         if kind == "content_block_delta":
-            return self._delta(payload)
+            out = self._delta(payload)
+            self.started = self.started or bool(out)
+            return out
         if kind == "message_start":
             msg = payload.get("message") or {}
             self._id = msg.get("id") or ""
@@ -367,14 +372,19 @@ class AnthropicStream:
                     "type": "function",
                     "function": {"name": block.get("name"), "arguments": ""},
                 }
+                self.started = True
                 return [self._chunk({"tool_calls": [call]})]
             text = block.get("text")
-            return [self._chunk({"content": text})] if block.get("type") == "text" and text else []
+            if block.get("type") == "text" and text:
+                self.started = True
+                return [self._chunk({"content": text})]
+            return []
         if kind == "message_delta":
             self._raw_usage.update({k: v for k, v in (payload.get("usage") or {}).items() if v is not None})
             if self._raw_usage:
                 self.usage = openai_usage(self._raw_usage)
             reason = (payload.get("delta") or {}).get("stop_reason")
+            self.started = True
             return [self._chunk({}, STOP_REASONS.get(reason or "", "stop"))]
         if kind == "message_stop":
             self.done = True

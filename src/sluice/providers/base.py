@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,6 +45,7 @@ class StreamTranslator(Protocol):
 
     usage: dict[str, Any] | None
     done: bool
+    started: bool  # the provider sent content, a tool call, reasoning or a finish (not just a role)
 
     def feed(self, event: Event) -> list[bytes]:
         """Frames to send for one upstream event; raises ``SluiceError`` for an in-stream error."""
@@ -73,6 +75,6 @@ class Adapter(Protocol):
         """Build the upstream request for embeddings."""
         ...
 
-    def error(self, provider: str, status: int, headers: dict[str, str], raw: bytes) -> SluiceError:
+    def error(self, provider: str, status: int, headers: Mapping[str, str], raw: bytes) -> SluiceError:
         """Map an upstream error response to one of our errors."""
         ...

@@ -8,6 +8,7 @@ fragment or an HTML error page never reaches the client.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,9 @@ class ProviderError:
     type: str | None = None
     code: str | None = None
     param: str | None = None
+    request_id: str | None = (
+        None  # the provider's id for the failed call (DashScope, Anthropic put it in the body)
+    )
 
 
 def parse_error_body(raw: bytes) -> ProviderError:
@@ -47,11 +51,12 @@ def parse_error_body(raw: bytes) -> ProviderError:
         body = body[0]  # Gemini's OpenAI-compatible endpoint wraps the error in an array
     if not isinstance(body, dict):
         return ProviderError()
+    request_id = _word(body.get("request_id"))
     err = body.get("error", body)
     if isinstance(err, str):
-        return ProviderError(message=err)
+        return ProviderError(message=err, request_id=request_id)
     if not isinstance(err, dict):
-        return ProviderError()
+        return ProviderError(request_id=request_id)
     message = err.get("message")
     code = err.get("code")
     return ProviderError(
@@ -59,6 +64,7 @@ def parse_error_body(raw: bytes) -> ProviderError:
         type=_word(err.get("type") or err.get("status")),
         code=_word(code) if isinstance(code, str) else None,
         param=err.get("param") if isinstance(err.get("param"), str) else None,
+        request_id=request_id,
     )
 
 
@@ -72,7 +78,7 @@ def scrub(text: str) -> str:
     return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "…"
 
 
-def map_error(provider: str, status: int, headers: dict[str, str], raw: bytes) -> SluiceError:
+def map_error(provider: str, status: int, headers: Mapping[str, str], raw: bytes) -> SluiceError:
     """The one mapping from an upstream HTTP error to a Sluice error."""
     parsed = parse_error_body(raw)
     if status in (400, 422):

@@ -9,6 +9,7 @@ and required-but-null fields a provider left out.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -62,7 +63,7 @@ class OpenAIAdapter:
         body["encoding_format"] = "float"
         return UpstreamCall("/embeddings", orjson.dumps(body), _NO_HEADERS)
 
-    def error(self, provider: str, status: int, headers: dict[str, str], raw: bytes) -> SluiceError:
+    def error(self, provider: str, status: int, headers: Mapping[str, str], raw: bytes) -> SluiceError:
         """Map an upstream error response."""
         return map_error(provider, status, headers, raw)
 
@@ -91,7 +92,7 @@ def _complete_completion(body: dict[str, Any]) -> bool:
 class OpenAIStream:
     """Translate one OpenAI-dialect stream for a client."""
 
-    __slots__ = ("_head", "_include_usage", "_provider", "done", "usage")
+    __slots__ = ("_head", "_include_usage", "_provider", "done", "started", "usage")
 
     def __init__(self, provider: str, include_usage: bool) -> None:
         self._provider = provider
@@ -99,6 +100,7 @@ class OpenAIStream:
         self._head: dict[str, Any] | None = None
         self.usage: dict[str, Any] | None = None
         self.done = False
+        self.started = False
 
     def feed(self, event: Event) -> list[bytes]:
         """Frames for the client from one upstream event."""
@@ -120,6 +122,8 @@ class OpenAIStream:
             self._head = {k: chunk.get(k) for k in ("id", "created", "model", "system_fingerprint")}
         usage = chunk.get("usage")
         choices = chunk.get("choices")
+        if not self.started and isinstance(choices, list):
+            self.started = any(_substantive(c) for c in choices)
         if usage:
             self.usage = usage
             if not choices:
@@ -127,8 +131,8 @@ class OpenAIStream:
             chunk["usage"] = None  # DeepSeek: usage rides on the finish chunk; move it to its own chunk
             _fill_chunk(choices)
             return [data_frame(chunk)]
-        if isinstance(choices, list) and _fill_chunk(choices):
-            return [data_frame(chunk)]
+        if (isinstance(choices, list) and _fill_chunk(choices)) or b"\n" in data:
+            return [data_frame(chunk)]  # re-framed: a multi-line data field must not pass through as is
         return [raw_frame(data)]
 
     def finish(self) -> list[bytes]:
@@ -146,6 +150,17 @@ class OpenAIStream:
             }
             return [data_frame(chunk), DONE_FRAME]
         return [DONE_FRAME]
+
+
+def _substantive(choice: Any) -> bool:
+    if not isinstance(choice, dict):
+        return False
+    if choice.get("finish_reason"):
+        return True
+    delta = choice.get("delta")
+    return isinstance(delta, dict) and any(
+        delta.get(k) for k in ("content", "tool_calls", "reasoning_content", "refusal", "function_call")
+    )
 
 
 def _fill_chunk(choices: list[Any]) -> bool:

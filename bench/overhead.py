@@ -1,0 +1,924 @@
+"""Sluice overhead: the gateway against the provider emulator called directly, measured in one run.
+
+    .venv/bin/python bench/overhead.py            # ~8 s per measurement, about 3 minutes in all
+    .venv/bin/python bench/overhead.py --quick    # ~2 s per measurement (smoke run)
+
+Starts its own emulator, a bare proxy (bench/bare_proxy.py: Sluice's stack with no gateway logic) and a
+one-worker Sluice on free loopback ports, then measures, direct, through the bare proxy and through
+Sluice: latency at concurrency 1, non-stream throughput at concurrency 64, paced streams/s at high
+concurrency, peak RSS, and the emulator's own capacity on one core. Prints a table with ratios and
+targets, then where the CPU went. Exits 0 once it has measured, whatever the numbers
+(a report, not a test); 1 only if it could not set itself up. Method: bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+import aiohttp
+import psutil
+
+try:
+    import uvloop
+
+    LOOP_FACTORY: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+except ImportError:  # pragma: no cover - uvloop is a dependency of Sluice
+    LOOP_FACTORY = None
+
+T = TypeVar("T")
+
+ADMIN_KEY = "bench-admin-key"
+EMU_KEY = "bench-emulator-key"
+ALIAS = "bench-model"
+UPSTREAM_MODEL = "gpt-4o-mini"
+PACE_SPEC = "pace_ms=10 tokens=20"
+PACE_S = 0.010
+PACED_EVENTS = 23  # tokens=20: a role chunk, 20 content chunks, the finish chunk, then [DONE]
+IDEAL_STREAM_S = (PACED_EVENTS - 1) * PACE_S  # the first event is not delayed
+EMULATOR_TARGET_RPS = 20_000
+SLUICE_TARGET_RPS = 5_000
+ADDED_P50_TARGET_US = 500
+RSS_TARGET_MB = 80
+NOISE_PCT = 10.0  # 'other' CPU above this (% of a core) in a window gets a warning
+CHAT_PATH_DIRECT = "/openai/v1/chat/completions"
+CHAT_PATH_SLUICE = "/v1/chat/completions"
+BARE_PROXY = Path(__file__).resolve().with_name("bare_proxy.py")
+LAUNCH = "import sys; from sluice.cli.main import main; sys.argv[0] = 'sluice'; main()"
+
+# wrk script: POST the body file with a bearer key; print one machine-readable line at the end.
+WRK_LUA = """\
+local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_BEARER")
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH requests=%d duration_us=%d status=%d connect=%d read=%d write=%d timeout=%d"
+      .. " p50_us=%d p99_us=%d\\n",
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+class BenchError(Exception):
+    """The benchmark could not set itself up (a process did not start or did not answer)."""
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on a fresh loop (uvloop when available, as Sluice itself uses)."""
+    with asyncio.Runner(loop_factory=LOOP_FACTORY) as runner:
+        return runner.run(coro)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(sorted_values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile of already sorted values (nan when empty)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def chat_body(model: str, *, stream: bool = False, directive: str = "") -> bytes:
+    """A ~1.1 KB chat request with a system and a user message (like stack-bench.md's body)."""
+    user = "Summarise the following paragraph in one sentence. " * 14
+    if directive:
+        user += f" @emulator({directive})"
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant. " * 12},
+            {"role": "user", "content": user},
+        ],
+        "temperature": 0.2,
+    }
+    if stream:
+        body["stream"] = True
+    return json.dumps(body).encode()
+
+
+def http_request(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """One blocking request (setup probes only)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"process exited with {proc.returncode} before listening; log:\n{tail(log)}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise BenchError(f"nothing listens on port {port} after {timeout:.0f} s; log:\n{tail(log)}")
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    """The process and its descendants (uvicorn with one worker serves in the process itself)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def vm_kib(pid: int, name: str) -> int:
+    """A ``Vm*`` line of /proc/PID/status, in KiB (0 if unavailable)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(rf"^{name}:\s+(\d+)\s+kB", text, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def peak_rss_mib(pid: int) -> float:
+    """Peak resident set (VmHWM) summed over the process tree, in MiB (current RSS if no VmHWM)."""
+    total = 0
+    for proc in tree(pid):
+        kib = vm_kib(proc.pid, "VmHWM")
+        if not kib:
+            with contextlib.suppress(psutil.Error):
+                kib = int(proc.memory_info().rss) // 1024
+        total += kib
+    return total / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for proc in tree(pid):
+        with contextlib.suppress(psutil.Error):
+            t = proc.cpu_times()
+            total += float(t.user) + float(t.system)
+    return total
+
+
+# --- CPU accounting -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Usage:
+    """CPU over one measurement window: busy % per core, and CPU seconds per party.
+
+    ``cpu_s`` has ``load`` (this process, i.e. the aiohttp clients, plus wrk once reaped), one entry
+    per named process tree (``emulator``, ``sluice``), and ``other``: busy time of the cores not
+    explained by those, i.e. other processes on the machine (noise).
+    """
+
+    core_busy: list[float] = field(default_factory=list)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    def pct(self, party: str) -> float:
+        """CPU of ``party`` as a percentage of one core."""
+        return 100.0 * self.cpu_s.get(party, 0.0) / self.wall_s if self.wall_s > 0 else math.nan
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _core_times(cores: list[Any]) -> tuple[list[float], list[float]]:
+    totals = [sum(float(x) for x in c) for c in cores]
+    busy = [
+        tot - float(c.idle) - float(getattr(c, "iowait", 0.0)) for tot, c in zip(totals, cores, strict=True)
+    ]
+    return busy, totals
+
+
+class Meter:
+    """Samples per-core CPU and the named process trees' CPU time between ``start`` and ``stop``."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = pids
+        self._cores: list[Any] = []
+        self._cpu: dict[str, float] = {}
+        self._t = 0.0
+        self.usage = Usage()
+
+    def _snapshot(self) -> dict[str, float]:
+        return {"load": _own_cpu(), **{name: cpu_seconds(pid) for name, pid in self._pids.items()}}
+
+    def start(self) -> None:
+        self._cores = list(psutil.cpu_times(percpu=True))
+        self._cpu = self._snapshot()
+        self._t = time.perf_counter()
+
+    def stop(self) -> Usage:
+        wall = time.perf_counter() - self._t
+        cpu = self._snapshot()
+        (b0, t0), (b1, t1) = _core_times(self._cores), _core_times(list(psutil.cpu_times(percpu=True)))
+        busy = [
+            100.0 * (x1 - x0) / (y1 - y0) if y1 > y0 else 0.0
+            for x0, x1, y0, y1 in zip(b0, b1, t0, t1, strict=False)
+        ]
+        used = {name: cpu[name] - self._cpu.get(name, 0.0) for name in cpu}
+        used["other"] = max(0.0, sum(b1) - sum(b0) - sum(used.values()))
+        self.usage = Usage(busy, used, wall)
+        return self.usage
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+class Processes:
+    """Every child process, stopped on exit: terminate, then kill after a grace period."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self, name: str, argv: list[str], cpu: int | None, env: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        log = self.log_dir / f"{name}.log"
+        taskset = shutil.which("taskset")
+        if cpu is not None and taskset:
+            argv = [taskset, "-c", str(cpu), *argv]  # taskset execs: the pid stays the server's
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self._procs.append(proc)
+        if cpu is not None and not taskset:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(proc.pid, {cpu})
+        return proc, log
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        if proc in self._procs:
+            self._procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self._procs)):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                self.stop(proc)
+
+
+def sluice_cmd() -> list[str]:
+    script = Path(sys.executable).parent / "sluice"
+    return [str(script)] if script.exists() else [sys.executable, "-c", LAUNCH]
+
+
+def start_emulator(procs: Processes, name: str, cpu: int | None) -> tuple[int, int]:
+    """Start ``sluice emulate`` and check it answers a chat request; returns (port, pid)."""
+    body = chat_body(UPSTREAM_MODEL)
+    headers = {"Authorization": "Bearer x", "Content-Type": "application/json"}
+    port = free_port()
+    proc, log = procs.start(name, [*sluice_cmd(), "emulate", "--host", "127.0.0.1", "--port", str(port)], cpu)
+    wait_port(port, proc, log)
+    try:
+        status, _ = http_request(port, "POST", CHAT_PATH_DIRECT, body, headers)
+    except (OSError, http.client.HTTPException):
+        status = 0
+    if status == 200:
+        return port, proc.pid
+    log_tail = tail(procs.log_dir / f"{name}.log")
+    raise BenchError(f"the emulator never answered a chat request; log:\n{log_tail}")
+
+
+def start_sluice(procs: Processes, work: Path, emu_port: int, cpu: int | None) -> tuple[int, int]:
+    """Start ``sluice serve --workers 1`` on the emulator; returns (port, pid) once it answers."""
+    data_dir = work / "data"
+    config = work / "sluice.yaml"
+    config.write_text(
+        f"server: {{data_dir: {json.dumps(str(data_dir))}, log_level: warning}}\n"
+        "providers:\n"
+        f'  - {{name: emu, preset: openai_compatible, base_url: "http://127.0.0.1:{emu_port}/openai/v1", '
+        'api_key: "env:EMU_KEY"}\n'
+        "models:\n"
+        f"  - {{name: {ALIAS}, deployments: [{{provider: emu, model: {UPSTREAM_MODEL}}}]}}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    env.update({"EMU_KEY": EMU_KEY, "SLUICE_ADMIN_KEY": ADMIN_KEY})
+    port = free_port()
+    argv = [*sluice_cmd(), "serve", "--config", str(config), "--port", str(port)]
+    argv += ["--data-dir", str(data_dir), "--workers", "1"]
+    proc, log = procs.start("sluice", argv, cpu, env)
+    wait_port(port, proc, log)
+    deadline = time.monotonic() + 20
+    while True:
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if http_request(port, "GET", "/healthz")[0] == 200:
+                break
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise BenchError(f"Sluice /healthz never answered 200; log:\n{tail(log)}")
+        time.sleep(0.1)
+    probe_chat("Sluice", port, CHAT_PATH_SLUICE, ADMIN_KEY, ALIAS, log)
+    return port, proc.pid
+
+
+def start_bare(procs: Processes, emu_port: int, cpu: int | None) -> tuple[int, int]:
+    """Start bench/bare_proxy.py in front of the emulator; returns (port, pid) once it relays."""
+    port = free_port()
+    argv = [sys.executable, str(BARE_PROXY), "--port", str(port)]
+    argv += ["--upstream", f"http://127.0.0.1:{emu_port}/openai/v1", "--api-key", EMU_KEY]
+    proc, log = procs.start("bare-proxy", argv, cpu)
+    wait_port(port, proc, log)
+    probe_chat("the bare proxy", port, CHAT_PATH_SLUICE, "x", UPSTREAM_MODEL, log)
+    return port, proc.pid
+
+
+def probe_chat(name: str, port: int, path: str, bearer: str, model: str, log: Path) -> None:
+    """One chat request and one short stream through a proxy; BenchError unless both come back whole."""
+    headers = {"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"}
+    try:
+        status, raw = http_request(port, "POST", path, chat_body(model), headers)
+        if status != 200:
+            raise BenchError(f"{name} answered a chat request with {status}: {raw[:300]!r}\n{tail(log)}")
+        stream = chat_body(model, stream=True, directive="tokens=3")
+        status, raw = http_request(port, "POST", path, stream, headers)
+    except (OSError, http.client.HTTPException) as err:
+        raise BenchError(f"{name} did not answer a chat request ({err}); log:\n{tail(log)}") from err
+    if status != 200 or not raw.rstrip().endswith(b"data: [DONE]"):
+        raise BenchError(f"{name} stream probe failed ({status}): {raw[-300:]!r}\n{tail(log)}")
+
+
+# --- load generators ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Load:
+    """A closed-loop non-stream run (concurrency 1 or more): successes, errors, latency."""
+
+    ok: int
+    errors: int
+    seconds: float
+    p50_us: float
+    p99_us: float
+    tool: str
+    usage: Usage = field(default_factory=Usage)
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(slots=True)
+class Streams:
+    """A paced-stream run: the streams that completed in the measurement window."""
+
+    completed: int
+    seconds: float
+    durations_ms: list[float]
+    bad: int  # non-200, transport error, or a stream not ending in ``data: [DONE]``
+    wrong_events: int  # completed streams whose count of ``data:`` events was not PACED_EVENTS
+    usage: Usage = field(default_factory=Usage)
+
+    @property
+    def per_s(self) -> float:
+        return self.completed / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(slots=True)
+class Target:
+    """One side of a comparison."""
+
+    name: str
+    url: str
+    bearer: str
+    model: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.bearer}", "Content-Type": "application/json", **self.extra}
+
+
+def run_wrk(wrk: str, target: Target, body_file: Path, lua: Path, conns: int, seconds: int) -> Load:
+    env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_BEARER": target.bearer}
+    cmd = [wrk, "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "-s", str(lua), target.url]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    match = re.search(r"^BENCH (.*)$", done.stdout, re.MULTILINE)
+    if done.returncode != 0 or match is None:
+        raise BenchError(f"wrk failed ({done.returncode}): {done.stdout[-500:]} {done.stderr[-500:]}")
+    v = {k: int(x) for k, x in (kv.split("=") for kv in match.group(1).split())}
+    errors = v["status"] + v["connect"] + v["read"] + v["write"] + v["timeout"]
+    return Load(
+        ok=v["requests"] - v["status"],
+        errors=errors,
+        seconds=v["duration_us"] / 1e6,
+        p50_us=float(v["p50_us"]),
+        p99_us=float(v["p99_us"]),
+        tool="wrk",
+    )
+
+
+def _session(conns: int, headers: dict[str, str]) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=conns, limit_per_host=0, keepalive_timeout=60)
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers=headers,
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=60),
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+async def _windowed(
+    conns: int, warmup: float, seconds: float, one: Callable[[], Awaitable[None]], meter: Meter
+) -> tuple[float, float]:
+    """Run ``one`` in ``conns`` closed loops; meter [warmup, warmup + seconds] and return that window."""
+    stop = asyncio.Event()
+
+    async def loop() -> None:
+        while not stop.is_set():
+            await one()
+
+    workers = [asyncio.create_task(loop()) for _ in range(conns)]
+    await asyncio.sleep(warmup)
+    meter.start()
+    t0 = time.perf_counter()
+    await asyncio.sleep(seconds)
+    t1 = time.perf_counter()
+    meter.stop()
+    stop.set()  # let every loop finish its current request or stream
+    _, pending = await asyncio.wait(workers, timeout=30)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return t0, t1
+
+
+async def aiohttp_load(
+    target: Target, body: bytes, conns: int, warmup: float, seconds: float, meter: Meter
+) -> Load:
+    """Closed-loop POSTs; the fallback when wrk is missing (more client CPU, so lower direct numbers)."""
+    done: list[tuple[float, float]] = []
+    errors = 0
+    async with _session(conns, target.headers) as session:
+
+        async def one() -> None:
+            nonlocal errors
+            t = time.perf_counter()
+            try:
+                async with session.post(target.url, data=body) as resp:
+                    await resp.read()
+                    ok = resp.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                ok = False
+                await asyncio.sleep(0.01)
+            end = time.perf_counter()
+            if ok:
+                done.append((end, end - t))
+            else:
+                errors += 1
+
+        t0, t1 = await _windowed(conns, warmup, seconds, one, meter)
+    window = sorted(1e6 * d for end, d in done if t0 <= end < t1)
+    return Load(len(window), errors, t1 - t0, percentile(window, 50), percentile(window, 99), "aiohttp")
+
+
+async def paced_streams(
+    target: Target, body: bytes, conns: int, warmup: float, seconds: float, meter: Meter
+) -> Streams:
+    """Closed-loop streams with aiohttp; each is read to its end and checked for ``data: [DONE]``."""
+    done: list[tuple[float, float]] = []
+    bad = 0
+    wrong = 0
+    async with _session(conns, target.headers) as session:
+
+        async def one() -> None:
+            nonlocal bad, wrong
+            t = time.perf_counter()
+            try:
+                async with session.post(target.url, data=body) as resp:
+                    parts = [chunk async for chunk in resp.content.iter_any()]
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError):
+                bad += 1
+                await asyncio.sleep(0.01)
+                return
+            end = time.perf_counter()
+            data = b"".join(parts)
+            if status != 200 or not data.rstrip().endswith(b"data: [DONE]"):
+                bad += 1
+                return
+            if data.count(b"data: ") != PACED_EVENTS:
+                wrong += 1
+            done.append((end, end - t))
+
+        t0, t1 = await _windowed(conns, warmup, seconds, one, meter)
+    window = sorted(1000 * d for end, d in done if t0 <= end < t1)
+    return Streams(len(window), t1 - t0, window, bad, wrong)
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Settings:
+    seconds: int
+    warmup: int
+    stream_conns: int
+    conns: int = 64
+
+
+@dataclass(slots=True)
+class Results:
+    emu_capacity: Load | None = None
+    lat: dict[str, Load] = field(default_factory=dict)
+    tput: dict[str, Load] = field(default_factory=dict)
+    streams: dict[str, Streams] = field(default_factory=dict)
+    rss_idle_mib: dict[str, float] = field(default_factory=dict)  # "bare", "sluice"
+    rss_peak_mib: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Bench:
+    settings: Settings
+    work: Path
+    wrk: str | None
+    pinned: bool
+    load_cpu: int | None
+    sluice_cpu: int | None
+
+    def load(self, target: Target, body: bytes, conns: int, pids: dict[str, int]) -> Load:
+        """A warmed-up closed-loop non-stream run: wrk when installed, else aiohttp."""
+        s = self.settings
+        meter = Meter(pids)
+        if self.wrk:
+            body_file = self.work / f"body-{target.name}.json"
+            body_file.write_bytes(body)
+            lua = self.work / "post.lua"
+            run_wrk(self.wrk, target, body_file, lua, conns, s.warmup)
+            meter.start()
+            result = run_wrk(self.wrk, target, body_file, lua, conns, s.seconds)
+            meter.stop()
+        else:
+            result = run_async(aiohttp_load(target, body, conns, s.warmup, s.seconds, meter))
+        result.usage = meter.usage
+        return result
+
+    def streams(self, target: Target, body: bytes, pids: dict[str, int]) -> Streams:
+        s = self.settings
+        meter = Meter(pids)
+        result = run_async(paced_streams(target, body, s.stream_conns, s.warmup, s.seconds, meter))
+        result.usage = meter.usage
+        return result
+
+
+def run(b: Bench, res: Results) -> None:
+    s = b.settings
+    procs = Processes(b.work)
+    try:
+        print("• emulator capacity (alone on one core) …", flush=True)
+        cap_port, cap_pid = start_emulator(procs, "emulator-capacity", b.sluice_cpu)
+        cap = Target("capacity", f"http://127.0.0.1:{cap_port}{CHAT_PATH_DIRECT}", "x", UPSTREAM_MODEL)
+        res.emu_capacity = b.load(cap, chat_body(cap.model), s.conns, {"emulator": cap_pid})
+        procs.stop_all()
+
+        emu_port, emu_pid = start_emulator(procs, "emulator", b.load_cpu)
+        # Both proxies share the proxy core; the one not being measured sits idle (see the CPU table).
+        bare_port, bare_pid = start_bare(procs, emu_port, b.sluice_cpu)
+        sluice_port, sluice_pid = start_sluice(procs, b.work, emu_port, b.sluice_cpu)
+        proxies = {"bare": bare_pid, "sluice": sluice_pid}
+        res.rss_idle_mib = {name: peak_rss_mib(pid) for name, pid in proxies.items()}
+        pids = {"emulator": emu_pid, **proxies}
+        direct = Target("direct", f"http://127.0.0.1:{emu_port}{CHAT_PATH_DIRECT}", "x", UPSTREAM_MODEL)
+        bare = Target("bare", f"http://127.0.0.1:{bare_port}{CHAT_PATH_SLUICE}", "x", UPSTREAM_MODEL)
+        sluice = Target("sluice", f"http://127.0.0.1:{sluice_port}{CHAT_PATH_SLUICE}", ADMIN_KEY, ALIAS)
+        for t in (direct, bare, sluice):
+            print(f"• c=1 latency, {t.name} …", flush=True)
+            res.lat[t.name] = b.load(t, chat_body(t.model), 1, pids)
+        for t in (direct, bare, sluice):
+            print(f"• c={s.conns} non-stream throughput, {t.name} …", flush=True)
+            res.tput[t.name] = b.load(t, chat_body(t.model), s.conns, pids)
+        # The pacing reaches the emulator as a header when direct, as a directive inside the message
+        # (which travels through either proxy untouched) otherwise.
+        paced_direct = Target(direct.name, direct.url, "x", UPSTREAM_MODEL, {"x-emulator-fault": PACE_SPEC})
+        for t, directive in ((paced_direct, ""), (bare, PACE_SPEC), (sluice, PACE_SPEC)):
+            print(f"• c={s.stream_conns} paced streams, {t.name} …", flush=True)
+            res.streams[t.name] = b.streams(t, chat_body(t.model, stream=True, directive=directive), pids)
+        res.rss_peak_mib = {name: peak_rss_mib(pid) for name, pid in proxies.items()}
+    finally:
+        procs.stop_all()
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def _n(x: float, digits: int = 0) -> str:
+    return "-" if math.isnan(x) else f"{x:,.{digits}f}"
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{b / a:.2f}x" if a and not math.isnan(a) and not math.isnan(b) else "-"
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def _table(rows: Sequence[Sequence[str]], left: Sequence[int] = (0,)) -> list[str]:
+    """A Markdown table; the columns in ``left`` are left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for k, r in enumerate(rows):
+        cells = [
+            c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+        if k == 0:
+            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return out
+
+
+def _cpu_per(usage: Usage, party: str, count: int) -> str:
+    """CPU microseconds of ``party`` per completed request or stream, formatted."""
+    return _n(1e6 * usage.cpu_s.get(party, 0.0) / count) if count else "-"
+
+
+def main_rows(res: Results, s: Settings) -> list[list[str]]:
+    """Columns: direct, bare proxy, Sluice, Sluice ÷ direct, Sluice ÷ bare, target, result."""
+    rows = [["measurement", "direct", "bare proxy", "sluice", "sluice ÷ direct", "sluice ÷ bare"]]
+    rows[0] += ["target", "result"]
+    ld, lb, ls = (res.lat.get(k) for k in ("direct", "bare", "sluice"))
+    if ld and lb and ls:
+        for pct in (50, 99):
+            d, bp, sl = (x.p50_us if pct == 50 else x.p99_us for x in (ld, lb, ls))
+            added = f"{sl - d:+,.0f} µs; {sl - bp:+,.0f} over bare"
+            target, verdict = (f"added ≤ {ADDED_P50_TARGET_US} µs", _verdict(sl - d <= ADDED_P50_TARGET_US))
+            row = [f"c=1 latency p{pct} (µs)", _n(d), _n(bp), _n(sl), _ratio(d, sl), _ratio(bp, sl)]
+            rows.append([*row, *((target, f"{verdict} ({added})") if pct == 50 else ("", f"({added})"))])
+    td, tb, ts = (res.tput.get(k) for k in ("direct", "bare", "sluice"))
+    if td and tb and ts:
+        rows += [
+            [
+                f"non-stream req/s, c={s.conns}, 1 worker",
+                _n(td.rps),
+                _n(tb.rps),
+                _n(ts.rps),
+                _ratio(td.rps, ts.rps),
+                _ratio(tb.rps, ts.rps),
+                f"Sluice ≥ {SLUICE_TARGET_RPS:,}",
+                _verdict(ts.rps >= SLUICE_TARGET_RPS),
+            ],
+            [
+                f"  c={s.conns} latency p50 / p99 (ms)",
+                *(f"{t.p50_us / 1000:.1f} / {t.p99_us / 1000:.1f}" for t in (td, tb, ts)),
+                "",
+                "",
+                "",
+                "",
+            ],
+            [
+                "  proxy CPU per request (µs)",
+                "",
+                _cpu_per(tb.usage, "bare", tb.ok),
+                _cpu_per(ts.usage, "sluice", ts.ok),
+                "",
+                "",
+                "",
+                "",
+            ],
+            ["  errors (non-2xx, socket)", *(str(t.errors) for t in (td, tb, ts)), "", "", "", ""],
+        ]
+    sd, sb, ss = (res.streams.get(k) for k in ("direct", "bare", "sluice"))
+    if sd and sb and ss:
+        offered = s.stream_conns / IDEAL_STREAM_S
+        trio = (sd, sb, ss)
+        wrong = (
+            " / ".join(str(x.wrong_events) for x in trio) + f" had ≠ {PACED_EVENTS} events"
+            if any(x.wrong_events for x in trio)
+            else ""
+        )
+        durations = [
+            f"{percentile(x.durations_ms, 50):.0f} / {percentile(x.durations_ms, 99):.0f}" for x in trio
+        ]
+        rows += [
+            [
+                f"paced streams/s, c={s.stream_conns}",
+                _n(sd.per_s),
+                _n(sb.per_s),
+                _n(ss.per_s),
+                _ratio(sd.per_s, ss.per_s),
+                _ratio(sb.per_s, ss.per_s),
+                "",
+                f"offered ≤ {_n(offered)}/s",
+            ],
+            [
+                "  stream duration p50 / p99 (ms)",
+                *durations,
+                "",
+                "",
+                "",
+                f"ideal {IDEAL_STREAM_S * 1000:.0f} ms",
+            ],
+            ["  events/s delivered", *(_n(x.per_s * PACED_EVENTS) for x in trio), "", "", "", ""],
+            [
+                "  proxy CPU per stream (µs)",
+                "",
+                _cpu_per(sb.usage, "bare", sb.completed),
+                _cpu_per(ss.usage, "sluice", ss.completed),
+                "",
+                "",
+                "",
+                "",
+            ],
+            ["  bad streams (error, no [DONE])", *(str(x.bad) for x in trio), "", "", "", wrong],
+        ]
+    peak, idle = res.rss_peak_mib, res.rss_idle_mib
+    if "sluice" in peak and "bare" in peak:
+        idle_note = f"idle: bare {idle.get('bare', 0.0):.1f}, sluice {idle.get('sluice', 0.0):.1f}"
+        rows.append(
+            [
+                "peak RSS, VmHWM (MB)",
+                "",
+                f"{peak['bare']:.1f}",
+                f"{peak['sluice']:.1f}",
+                "",
+                _ratio(peak["bare"], peak["sluice"]),
+                f"Sluice < {RSS_TARGET_MB} MB",
+                f"{_verdict(peak['sluice'] < RSS_TARGET_MB)} ({idle_note})",
+            ]
+        )
+    cap = res.emu_capacity
+    if cap:
+        rows.append(
+            [
+                f"emulator alone, 1 core, c={s.conns} (req/s)",
+                _n(cap.rps),
+                "",
+                "",
+                "",
+                "",
+                f"≥ {EMULATOR_TARGET_RPS:,}",
+                _verdict(cap.rps >= EMULATOR_TARGET_RPS),
+            ]
+        )
+    return rows
+
+
+def usages(res: Results, s: Settings) -> list[tuple[str, Usage]]:
+    runs: list[tuple[str, Usage]] = []
+    if res.emu_capacity:
+        runs.append(("emulator capacity", res.emu_capacity.usage))
+    runs += [(f"c=1 {name}", v.usage) for name, v in res.lat.items()]
+    runs += [(f"c={s.conns} {name}", v.usage) for name, v in res.tput.items()]
+    runs += [(f"paced c={s.stream_conns} {name}", v.usage) for name, v in res.streams.items()]
+    return runs
+
+
+def cpu_rows(res: Results, s: Settings) -> list[list[str]]:
+    runs = usages(res, s)
+    ncores = max((len(u.core_busy) for _, u in runs), default=0)
+    rows = [
+        [
+            "measurement",
+            *(f"cpu{i} busy" for i in range(ncores)),
+            *("client/wrk", "emulator", "bare proxy", "Sluice", "other"),
+        ]
+    ]
+    for name, u in runs:
+        parties = [
+            f"{u.pct(p):.0f}%" if p in u.cpu_s else "-"
+            for p in ("load", "emulator", "bare", "sluice", "other")
+        ]
+        rows.append([name, *(f"{b:.0f}%" for b in u.core_busy), *parties])
+    return rows
+
+
+def report(res: Results, b: Bench) -> None:
+    s = b.settings
+    layout = (
+        f"Sluice and the bare proxy pinned to cpu{b.sluice_cpu}; emulator, clients and wrk to cpu{b.load_cpu}"
+        if b.pinned
+        else "nothing pinned (fewer than 2 usable cores)"
+    )
+    tool = "wrk" if b.wrk else "aiohttp (wrk not found or --no-wrk)"
+    print()
+    print(f"Sluice overhead, {time.strftime('%Y-%m-%d %H:%M:%S')}, Python {platform.python_version()}")
+    print(f"{psutil.cpu_count()} CPUs; {layout}")
+    print(
+        f"non-stream load: {tool}; paced streams: aiohttp ({PACE_SPEC}); "
+        f"{s.seconds} s per measurement after {s.warmup} s warm-up"
+    )
+    print()
+    print("\n".join(_table(main_rows(res, s), left=(0, 6, 7))))
+    print()
+    print("CPU during each measurement window (% of one core; 'other' = busy time of other processes):")
+    print("\n".join(_table(cpu_rows(res, s))))
+    noisy = [(name, u.pct("other")) for name, u in usages(res, s) if u.pct("other") > NOISE_PCT]
+    if noisy:
+        worst = max(noisy, key=lambda x: x[1])
+        res.notes.append(
+            f"other processes were busy during {len(noisy)} measurement(s) (up to {worst[1]:.0f}% of a core, "
+            f"in '{worst[0]}'); those numbers are low. Rerun on a quiet machine."
+        )
+    if res.notes:
+        print()
+        print("Notes:")
+        for note in res.notes:
+            print(f"  - {note}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="~2 s per measurement (smoke run)")
+    parser.add_argument("--stream-concurrency", type=int, default=512, help="paced streams in flight")
+    parser.add_argument("--no-wrk", action="store_true", help="use the aiohttp load generator even with wrk")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (config, logs)")
+    args = parser.parse_args(argv)
+
+    def on_term(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)  # so that the finally blocks stop the children
+
+    signal.signal(signal.SIGTERM, on_term)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):  # 512 streams need ~1,100 descriptors in Sluice
+        resource.setrlimit(resource.RLIMIT_NOFILE, (65536 if hard == resource.RLIM_INFINITY else hard, hard))
+
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pinned = len(cores) >= 2
+    load_cpu, sluice_cpu = (cores[0], cores[1]) if pinned else (None, None)
+    if load_cpu is not None:
+        os.sched_setaffinity(0, {load_cpu})  # this process runs the aiohttp clients; wrk inherits it
+    settings = Settings(
+        seconds=2 if args.quick else 8, warmup=1 if args.quick else 2, stream_conns=args.stream_concurrency
+    )
+    work = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
+    (work / "post.lua").write_text(WRK_LUA)
+    wrk = None if args.no_wrk else shutil.which("wrk")
+    bench = Bench(settings, work, wrk, pinned, load_cpu, sluice_cpu)
+    res = Results()
+    keep = args.keep
+    try:
+        run(bench, res)
+    except BenchError as err:
+        keep = True
+        print(f"\nbenchmark setup failed: {err}\nlogs kept in {work}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    report(res, bench)
+    if keep:
+        print(f"\nwork directory (config, logs): {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
