@@ -106,6 +106,33 @@ GOOD: dict[str, Any] = {"model": "oa-chat", "messages": [{"role": "user", "conte
         ({**GOOD, "api_base": "http://evil.example"}, 400, "forbidden_parameter", "api_base"),
         ({**GOOD, "base_url": "http://evil.example"}, 400, "forbidden_parameter", "base_url"),
         ({**GOOD, "api_key": "sk-other"}, 400, "forbidden_parameter", "api_key"),
+        ({**GOOD, "models": ["a", "b"]}, 400, "forbidden_parameter", "models"),
+        ({**GOOD, "messages": None}, 400, "missing_required_parameter", "messages"),
+        ({**GOOD, "response_format": {"type": []}}, 400, "invalid_value", "response_format.type"),
+        ({**GOOD, "model": "claude-chat", "reasoning_effort": []}, 400, "invalid_type", "reasoning_effort"),
+        (
+            {**GOOD, "model": "claude-chat", "tool_choice": {"function": "x"}},
+            400,
+            "invalid_type",
+            "tool_choice.function.name",
+        ),
+        ({**GOOD, "tool_choice": {"type": []}}, 400, "invalid_value", "tool_choice.type"),
+        (
+            {**GOOD, "messages": [{"role": "user", "content": [{"text": "x"}]}]},
+            400,
+            "invalid_type",
+            "messages[0].content[0].type",
+        ),
+        (
+            {
+                **GOOD,
+                "model": "claude-chat",
+                "messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}],
+            },
+            400,
+            "invalid_type",
+            "messages[0].content[0].text",
+        ),
         ({**GOOD, "model": "no-such-model"}, 404, "model_not_found", "model"),
         ({**GOOD, "model": "oa-embed"}, 400, "invalid_model", "model"),
     ],
@@ -238,11 +265,42 @@ json_values = st.recursive(
 chat_like = st.fixed_dictionaries(
     {},
     optional={
-        "model": st.sampled_from(["oa-chat", "claude-chat", "ds-chat", "nope"]) | json_values,
+        "model": st.sampled_from(["oa-chat", "claude-chat", "claude-chat", "ds-chat", "nope"]) | json_values,
+        "reasoning_effort": json_values,
+        "user": json_values,
+        "parallel_tool_calls": json_values,
         "messages": st.lists(
             st.fixed_dictionaries(
                 {"role": st.sampled_from(["user", "assistant", "system", "tool"]) | json_values},
-                optional={"content": json_values, "tool_calls": json_values, "tool_call_id": json_values},
+                optional={
+                    "content": json_values
+                    | st.lists(
+                        st.fixed_dictionaries(
+                            {},
+                            optional={
+                                "type": st.sampled_from(["text", "image_url"]) | json_values,
+                                "text": json_values,
+                                "image_url": json_values,
+                            },
+                        ),
+                        max_size=2,
+                    ),
+                    "tool_calls": json_values
+                    | st.lists(
+                        st.fixed_dictionaries(
+                            {},
+                            optional={
+                                "id": json_values,
+                                "function": st.fixed_dictionaries(
+                                    {},
+                                    optional={"name": json_values, "arguments": json_values | st.just("[1]")},
+                                ),
+                            },
+                        ),
+                        max_size=2,
+                    ),
+                    "tool_call_id": json_values,
+                },
             ),
             max_size=3,
         )
@@ -260,7 +318,7 @@ chat_like = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=chat_like | json_values)
 def test_random_bodies_never_get_a_500(gateway: ServerThread, body: Any) -> None:
     status, _h, payload = chat(gateway, body)

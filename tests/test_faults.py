@@ -175,3 +175,13 @@ def test_provider_request_id_is_logged(client: openai.OpenAI, caplog: pytest.Log
     with caplog.at_level("WARNING", logger="sluice.gateway"), pytest.raises(openai.InternalServerError):
         _call(client, "qwen-chat", "status=500")
     assert any("upstream_request_id=emu-req-0001" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_garbled_provider_answer_is_502_not_500(client: openai.OpenAI, stream: bool) -> None:
+    with pytest.raises(openai.APIStatusError) as exc:
+        list(_call(client, "claude-chat", "garbled=1", stream=True)) if stream else _call(
+            client, "claude-chat", "garbled=1"
+        )
+    assert exc.value.status_code == 502
+    assert _error_body(exc.value)["code"] == "upstream_error"

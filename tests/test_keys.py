@@ -103,3 +103,29 @@ def test_admin_key_generated_once_and_reset(tmp_path: Path) -> None:
     reset = cli(tmp_path, "reset-admin")
     assert reset.returncode == 0 and reset.stdout.strip().startswith("sk-sluice-admin-")
     assert first not in (tmp_path / "sluice.db").read_bytes().decode(errors="replace")
+
+
+def test_bad_key_flood_cannot_evict_good_keys(tmp_path: Path) -> None:
+    import asyncio  # noqa: PLC0415
+
+    from sluice.errors import AuthenticationFailed  # noqa: PLC0415
+    from sluice.keys.digest import new_key  # noqa: PLC0415
+    from sluice.keys.service import KeyService  # noqa: PLC0415
+    from sluice.store.sqlite import SQLiteStore  # noqa: PLC0415
+
+    store = SQLiteStore(tmp_path / "k.db")
+    keys = KeyService(store, b"secret", ttl=60, max_cache=4)
+    good, row = keys.create("good")
+
+    async def go() -> None:
+        assert (await keys.authenticate(good)).key_id == row.id
+        for _ in range(20):  # well-formed but unknown keys: each a store read, cached negatively
+            with pytest.raises(AuthenticationFailed):
+                await keys.authenticate(new_key())
+        for bogus in ("x", "sk-sluice-short", "Bearer", "sk-sluice-" + "!" * 43):  # never reach the store
+            with pytest.raises(AuthenticationFailed):
+                await keys.authenticate(bogus)
+        store.close()  # the good key must now come from the cache alone
+        assert (await keys.authenticate(good)).key_id == row.id
+
+    asyncio.run(go())

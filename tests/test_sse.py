@@ -324,3 +324,18 @@ def test_finish_uses_the_first_chunk_head() -> None:
     usage_chunk = parse(stream.finish())[0]
     assert usage_chunk["id"] == HEAD["id"]
     assert usage_chunk["system_fingerprint"] == "fp_1"
+
+
+def test_oversized_event_is_refused() -> None:
+    decoder = SSEDecoder(limit=1024)
+    decoder.feed(b"data: " + b"x" * 1000)
+    with pytest.raises(ValueError, match="larger than 1024"):
+        decoder.feed(b"x" * 100)
+
+
+def test_many_small_reads_of_one_big_event() -> None:
+    decoder = SSEDecoder()
+    payload = b"data: " + b"y" * 200_000 + b"\n\n"
+    events = [e for i in range(0, len(payload), 997) for e in decoder.feed(payload[i : i + 997])]
+    assert len(events) == 1
+    assert events[0].data == b"y" * 200_000

@@ -69,8 +69,11 @@ class StreamReply:
         """Frames for a batch of events; an error keeps the frames before it (raised after them)."""
         out: list[bytes] = []
         try:
-            for event in events:
-                out += self._translator.feed(event)
+            try:
+                for event in events:
+                    out += self._translator.feed(event)
+            except _MALFORMED as exc:  # provider data is untrusted: garbage is its failure, not ours
+                raise _unusable(self._deployment) from exc
         except SluiceError as err:
             if not out:
                 raise
@@ -124,6 +127,14 @@ class StreamReply:
         if not error and self._translator.done:
             await self._resp.drain()
         await self._resp.__aexit__(RuntimeError if error else None, None, None)
+
+
+# What translating a provider's malformed answer can raise (a shape we did not expect).
+_MALFORMED = (TypeError, KeyError, AttributeError, ValueError, IndexError)
+
+
+def _unusable(dep: Deployment) -> UpstreamError:
+    return UpstreamError(f"Provider {dep.target.provider!r} sent an answer Sluice cannot read.")
 
 
 @functools.cache
@@ -184,7 +195,10 @@ class Gateway:
         got = await self._upstream.fetch(dep.target.provider, call)
         if got.status != 200:
             raise self._failed(dep, got.status, got.headers, got.body)
-        out = dep.adapter.chat_response(got.body, req, dep.target)
+        try:
+            out = dep.adapter.chat_response(got.body, req, dep.target)
+        except _MALFORMED as exc:
+            raise _unusable(dep) from exc
         return Reply(out.body, _meta_headers(dep), out.usage)
 
     async def chat_stream(self, req: ChatRequest, route: Route) -> StreamReply:
@@ -221,10 +235,8 @@ class Gateway:
             if req.encoding_format == "base64":
                 for item in data:
                     item["embedding"] = _b64_float32(item["embedding"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise UpstreamError(
-                f"Provider {dep.target.provider!r} sent an unusable embeddings response."
-            ) from exc
+        except _MALFORMED as exc:  # orjson.JSONDecodeError is a ValueError
+            raise _unusable(dep) from exc
         body.setdefault("object", "list")
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
         return Reply(orjson.dumps(body), _meta_headers(dep), usage)

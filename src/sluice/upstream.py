@@ -127,7 +127,12 @@ class UpstreamResponse:
                 raise UpstreamError(f"Provider {self._endpoint.name!r} cut the stream.") from exc
             if not chunk:
                 break
-            events = decoder.feed(chunk)
+            try:
+                events = decoder.feed(chunk)
+            except ValueError as exc:
+                raise UpstreamError(
+                    f"Provider {self._endpoint.name!r} sent an oversized stream event."
+                ) from exc
             if not events:
                 continue
             if any(e.data is not None and e.event != "ping" for e in events):  # comments, pings: no progress

@@ -115,6 +115,11 @@ def messages(headers: dict[str, str], body: dict[str, Any], f: Faults) -> Plan:
     if bad is not None:
         return bad
     blocks, stop = _blocks(body, f)
+    if f.garbled:
+        if body.get("stream"):
+            frame = _event("content_block_start", {"index": [], "content_block": {"type": "tool_use"}})
+            return Plan(content_type="text/event-stream", frames=[frame])
+        return Plan(body=orjson.dumps({"type": "message", "content": [1, "x"], "usage": []}))
     total_in = prompt_tokens(body["messages"], system=body.get("system"), tools=body.get("tools"))
     read = min(f.cache_read, total_in)
     write = min(f.cache_write, total_in - read)

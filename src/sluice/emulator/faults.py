@@ -31,6 +31,7 @@ class Faults:
     html: bool = False  # answer 502 with an HTML page
     hang: bool = False  # accept the request and never answer
     echo_key: bool = False  # put the presented API key in the error message (as some providers do)
+    garbled: bool = False  # valid JSON of the wrong shape (Anthropic: content blocks that are not objects)
     tokens: int = 16  # completion length in tokens (words)
     calls: int = 1  # parallel tool calls when a tool is called
     cache_read: int = 0  # prompt tokens reported as cache reads

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
 KEY_PREFIX = "sk-sluice-"
+KEY_SHAPE = re.compile(r"sk-sluice-(?:admin-)?[A-Za-z0-9_-]{43}")  # every key new_key() can make
 SECRET_ENV = "SLUICE_SECRET"  # noqa: S105  (a variable name, not a secret)
 _SECRET_FILE = "server.secret"  # noqa: S105  (a file name)
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from sluice.errors import AuthenticationFailed
-from sluice.keys.digest import digest, hint, new_key
+from sluice.keys.digest import KEY_SHAPE, digest, hint, new_key
 from sluice.store.sqlite import KeyRow, SQLiteStore
 
 ADMIN_DIGEST = "admin_key_digest"
@@ -40,13 +40,20 @@ class KeyService:
     """Creates, lists, revokes and authenticates keys."""
 
     def __init__(
-        self, store: SQLiteStore, secret: bytes, ttl: float = 5.0, admin_key: str | None = None
+        self,
+        store: SQLiteStore,
+        secret: bytes,
+        ttl: float = 5.0,
+        admin_key: str | None = None,
+        max_cache: int = _MAX_CACHE,
     ) -> None:
+        self._max_cache = max_cache
         self._store = store
         self._secret = secret
         self._ttl = ttl
         self._cache: dict[str, tuple[Principal | None, float]] = {}
         self._env_admin = digest(secret, admin_key) if admin_key else None
+        self._stored_admin: tuple[str | None, float] = (None, 0.0)
 
     def ensure_admin_key(self) -> str | None:
         """Create the admin key on first start; return it (to print once) or None if it exists."""
@@ -79,10 +86,12 @@ class KeyService:
         return key, row
 
     def _lookup(self, d: str) -> Principal | None:
-        stored_admin = self._store.get_meta(ADMIN_DIGEST)
-        for candidate in (self._env_admin, stored_admin):
-            if candidate is not None and hmac.compare_digest(candidate, d):
-                return ADMIN
+        now = time.monotonic()
+        if self._stored_admin[1] <= now:  # re-read at most once per TTL (`sluice keys reset-admin`)
+            self._stored_admin = (self._store.get_meta(ADMIN_DIGEST), now + self._ttl)
+        stored_admin = self._stored_admin[0]
+        if stored_admin is not None and hmac.compare_digest(stored_admin, d):
+            return ADMIN
         row = self._store.find_key(d)
         if row is None or row.revoked_at is not None:
             return None
@@ -94,18 +103,28 @@ class KeyService:
         if not key:
             raise _auth_failed()
         d = digest(self._secret, key)
+        if self._env_admin is not None and hmac.compare_digest(self._env_admin, d):
+            return ADMIN
+        if not KEY_SHAPE.fullmatch(key):  # not a key we could have issued: no store read, no cache entry
+            raise _auth_failed()
         now = time.monotonic()
         hit = self._cache.get(d)
         if hit is not None and hit[1] > now:
             principal = hit[0]
         else:
             principal = await asyncio.to_thread(self._lookup, d)
-            if len(self._cache) >= _MAX_CACHE:
-                self._cache.clear()
+            if len(self._cache) >= self._max_cache:
+                self._evict()
             self._cache[d] = (principal, now + (self._ttl if principal is not None else _NEGATIVE_TTL))
         if principal is None:
             raise _auth_failed()
         return principal
+
+    def _evict(self) -> None:
+        """Make room: drop unknown keys first, so a flood of bad keys cannot evict the good ones."""
+        self._cache = {d: hit for d, hit in self._cache.items() if hit[0] is not None}
+        if len(self._cache) >= self._max_cache:
+            self._cache.clear()
 
 
 def _auth_failed() -> AuthenticationFailed:

@@ -34,6 +34,11 @@ STOP_REASONS = {
 _EFFORTS = frozenset({"low", "medium", "high", "max"})
 
 
+def _finish(stop_reason: Any) -> str:
+    """OpenAI finish_reason for an Anthropic stop_reason (unknown or malformed: stop)."""
+    return STOP_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+
+
 def _text_of(content: Any) -> str:
     if content is None:
         return ""
@@ -136,8 +141,10 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
         out = {"type": "any"}
     elif choice == "none":
         out = {"type": "none"}
-    else:
-        out = {"type": "tool", "name": choice.get("function", {}).get("name") or choice.get("name")}
+    elif choice.get("type", "function") == "function":
+        out = {"type": "tool", "name": choice["function"]["name"]}
+    else:  # allowed_tools / custom: no Anthropic equivalent narrower than letting the model choose
+        out = {"type": "auto"}
     if parallel is False and (out is None or out["type"] != "none"):  # "none" takes no other field
         out = {**(out or {"type": "auto"}), "disable_parallel_tool_use": True}
     return out
@@ -276,7 +283,7 @@ class AnthropicAdapter:
                     "index": 0,
                     "message": message,
                     "logprobs": None,
-                    "finish_reason": STOP_REASONS.get(msg.get("stop_reason") or "", "stop"),
+                    "finish_reason": _finish(msg.get("stop_reason")),
                 }
             ],
         }
@@ -385,7 +392,7 @@ class AnthropicStream:
                 self.usage = openai_usage(self._raw_usage)
             reason = (payload.get("delta") or {}).get("stop_reason")
             self.started = True
-            return [self._chunk({}, STOP_REASONS.get(reason or "", "stop"))]
+            return [self._chunk({}, _finish(reason))]
         if kind == "message_stop":
             self.done = True
             return []

@@ -25,6 +25,7 @@ from sluice.errors import (
 
 _SECRETISH = re.compile(r"\b(?:sk|key|api|rk|pk)[-_][A-Za-z0-9_\-]{6,}|\*{2,}[A-Za-z0-9]{2,}", re.IGNORECASE)
 _WORD = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_PARAM = re.compile(r"^[A-Za-z0-9_.\[\]\-]{1,128}$")  # e.g. messages[0].content
 _MAX_MESSAGE = 500
 
 
@@ -63,13 +64,16 @@ def parse_error_body(raw: bytes) -> ProviderError:
         message=message if isinstance(message, str) else None,
         type=_word(err.get("type") or err.get("status")),
         code=_word(code) if isinstance(code, str) else None,
-        param=err.get("param") if isinstance(err.get("param"), str) else None,
+        param=_word(err.get("param"), 128, _PARAM),
         request_id=request_id,
     )
 
 
-def _word(v: Any) -> str | None:
-    return v if isinstance(v, str) and _WORD.match(v) else None
+def _word(v: Any, limit: int = 64, shape: re.Pattern[str] | None = None) -> str | None:
+    """A short identifier-like string from a provider, or None (never free text, never a secret)."""
+    if not isinstance(v, str) or len(v) > limit or not (shape or _WORD).match(v):
+        return None
+    return None if _SECRETISH.search(v) else v
 
 
 def scrub(text: str) -> str:

@@ -18,9 +18,13 @@ from sluice.errors import InvalidRequest
 FORBIDDEN_FIELDS = frozenset(
     {"api_base", "base_url", "api_key", "api_version", "custom_llm_provider", "extra_headers", "organization"}
 )
+# Fields that make a provider serve another model than the configured one (OpenRouter's fallback list
+# and routing): that would bypass the key's model list and the deployment's price. Fallback is ours.
+MODEL_OVERRIDE_FIELDS = frozenset({"models", "route"})
 MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _TOOL_CHOICE_STRINGS = frozenset({"none", "auto", "required"})
 _RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
+_TOOL_CHOICE_TYPES = frozenset({"function", "allowed_tools", "custom"})
 _MAX_N = 128
 
 
@@ -141,7 +145,10 @@ def _check_tool_choice(param: str, v: Any) -> None:
         return
     if not isinstance(v, dict):
         raise _bad(param, "a string or an object")
-    if v.get("type") == "function":
+    kind = v.get("type", "function")
+    if not isinstance(kind, str) or kind not in _TOOL_CHOICE_TYPES:
+        raise _range(f"{param}.type", "must be 'function', 'allowed_tools' or 'custom'")
+    if kind == "function" or "function" in v:
         fn = v.get("function")
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise _bad(f"{param}.function.name", "a string")
@@ -151,7 +158,7 @@ def _check_response_format(param: str, v: Any) -> None:
     if not isinstance(v, dict):
         raise _bad(param, "an object")
     kind = v.get("type")
-    if kind not in _RESPONSE_FORMATS:
+    if not isinstance(kind, str) or kind not in _RESPONSE_FORMATS:
         raise _range(f"{param}.type", "must be 'text', 'json_object' or 'json_schema'")
     if kind == "json_schema":
         spec = v.get("json_schema")
@@ -185,13 +192,23 @@ def _check_messages(param: str, v: Any) -> None:
         content = msg.get("content")
         if content is not None and not isinstance(content, str | list):
             raise _bad(f"{p}.content", "a string or an array of content parts")
-        if isinstance(content, list) and not all(isinstance(c, dict) for c in content):
-            raise _bad(f"{p}.content", "an array of content part objects")
+        if isinstance(content, list):
+            _check_parts(f"{p}.content", content)
         calls = msg.get("tool_calls")
         if calls is not None:
             _check_tool_calls(f"{p}.tool_calls", calls)
         if role == "tool" and not isinstance(msg.get("tool_call_id"), str):
             raise _bad(f"{p}.tool_call_id", "a string")
+
+
+def _check_parts(param: str, parts: list[Any]) -> None:
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict):
+            raise _bad(f"{param}[{j}]", "a content part object")
+        if not isinstance(part.get("type"), str):
+            raise _bad(f"{param}[{j}].type", "a string")
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise _bad(f"{param}[{j}].text", "a string")
 
 
 def _check_tool_calls(param: str, v: Any) -> None:
@@ -226,6 +243,7 @@ _CHAT_CHECKS: dict[str, Callable[[str, Any], None]] = {
     "tool_choice": _check_tool_choice,
     "response_format": _check_response_format,
     "user": _check_type(str, "a string"),
+    "reasoning_effort": _check_type(str, "a string"),
     "safety_identifier": _check_type(str, "a string"),
     "metadata": _check_metadata,
 }
@@ -237,6 +255,14 @@ def _check_common(body: dict[str, Any]) -> str:
             raise InvalidRequest(
                 f"'{name}' is not accepted: the upstream is chosen by the gateway's configuration, "
                 "not by the request.",
+                param=name,
+                code="forbidden_parameter",
+            )
+    for name in MODEL_OVERRIDE_FIELDS:
+        if name in body:
+            raise InvalidRequest(
+                f"'{name}' is not accepted: the models a request may reach are chosen by the gateway's "
+                "configuration (declare fallbacks there).",
                 param=name,
                 code="forbidden_parameter",
             )
@@ -253,7 +279,7 @@ def _check_common(body: dict[str, Any]) -> str:
 def validate_chat(body: dict[str, Any]) -> ChatRequest:
     """Check a chat completion body; raise ``InvalidRequest`` naming the first bad parameter."""
     model = _check_common(body)
-    if "messages" not in body:
+    if body.get("messages") is None:
         raise InvalidRequest(
             "Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter"
         )

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 DONE_FRAME = b"data: [DONE]\n\n"
+MAX_EVENT_BYTES = 8 * 1024 * 1024  # one event larger than this is a broken or hostile stream
 
 
 @dataclass(slots=True)
@@ -22,10 +23,11 @@ class Event:
 class SSEDecoder:
     """Splits a byte stream into events; tolerant of CRLF and of frames split across reads."""
 
-    __slots__ = ("_buf", "_skip_lf")
+    __slots__ = ("_buf", "_limit", "_skip_lf")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
         self._buf = b""
+        self._limit = limit
         self._skip_lf = False  # the last read ended in CR: a LF starting the next one belongs to it
 
     def feed(self, chunk: bytes) -> list[Event]:
@@ -35,18 +37,22 @@ class SSEDecoder:
         self._skip_lf = chunk.endswith(b"\r")
         if b"\r" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buf = self._buf + chunk if self._buf else chunk
+        held = len(self._buf)
+        buf = self._buf + chunk if held else chunk
         events: list[Event] = []
         start = 0
+        scan = max(held - 1, 0)  # the held bytes hold no "\n\n": search only where a new one can be
         while True:
-            end = buf.find(b"\n\n", start)
+            end = buf.find(b"\n\n", scan)
             if end < 0:
                 break
             frame = buf[start:end]
-            start = end + 2
+            start = scan = end + 2
             if frame:
                 events.append(_parse_frame(frame))
         self._buf = buf[start:]
+        if len(self._buf) > self._limit:
+            raise ValueError(f"an SSE event is larger than {self._limit} bytes")
         return events
 
     def pending(self) -> bytes:
