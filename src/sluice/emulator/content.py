@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from typing import Any
@@ -71,7 +72,12 @@ def prompt_tokens(messages: list[Any], system: Any = None, tools: Any = None) ->
 
 def reply_words(n: int, offset: int = 0) -> list[str]:
     """``n`` words of reply, each one completion token (the first without a leading space)."""
-    return [("" if i == 0 else " ") + WORDS[(i + offset) % len(WORDS)] for i in range(n)]
+    return list(_reply_words(n, offset))
+
+
+@functools.lru_cache(maxsize=1024)
+def _reply_words(n: int, offset: int) -> tuple[str, ...]:
+    return tuple(("" if i == 0 else " ") + WORDS[(i + offset) % len(WORDS)] for i in range(n))
 
 
 def schema_instance(schema: Any, depth: int = 0) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -45,14 +46,24 @@ Handler = Callable[[Incoming], Plan]
 
 
 def _head(status: int, content_type: str, headers: list[tuple[str, str]], length: int | None) -> bytes:
+    prefix = _head_prefix(status, content_type, tuple(headers))
+    if length is None:
+        return prefix + b"transfer-encoding: chunked\r\n\r\n"
+    return prefix + b"content-length: %d\r\n\r\n" % length
+
+
+@functools.lru_cache(maxsize=256)
+def _head_prefix(status: int, content_type: str, headers: tuple[tuple[str, str], ...]) -> bytes:
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = "Overloaded" if status == 529 else "Error"
-    lines = [f"HTTP/1.1 {status} {reason}", f"content-type: {content_type}"]
-    lines.append(f"content-length: {length}" if length is not None else "transfer-encoding: chunked")
-    lines += [f"{k}: {v}" for k, v in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    lines = [
+        f"HTTP/1.1 {status} {reason}",
+        f"content-type: {content_type}",
+        *(f"{k}: {v}" for k, v in headers),
+    ]
+    return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
 
 class _Connection(asyncio.Protocol):

@@ -9,8 +9,8 @@ chunks), ``gemini`` (errors as a JSON array), and the plain ones (``groq``, ``ol
 from __future__ import annotations
 
 import base64
+import itertools
 import time
-import zlib
 from array import array
 from typing import Any
 
@@ -46,6 +46,7 @@ _GEMINI_STATUS = {
     503: "UNAVAILABLE",
 }
 _ARG_PIECE = 12
+_IDS = itertools.count(1)  # response ids: unique per emulator process, in order
 
 
 def error_plan(flavor: str, status: int, f: Faults, message: str | None = None) -> Plan:
@@ -192,7 +193,7 @@ def chat(flavor: str, body: dict[str, Any], f: Faults) -> Plan:
     answers = [_Answer(body, f, i, reasoning) for i in range(n)]
     usage = None if f.no_usage else _usage(flavor, body, f, answers, reasoning)
     head = {
-        "id": f"chatcmpl-emu{zlib.crc32(orjson.dumps(body)):010d}",
+        "id": f"chatcmpl-emu{next(_IDS):010d}",
         "created": int(time.time()),
         "model": body.get("model"),
         "system_fingerprint": "fp_emulator",
