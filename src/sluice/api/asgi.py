@@ -105,6 +105,7 @@ class SluiceAPI:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         token: str | None = None
         length: int | None = None
+        forbidden: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 if value[:7].lower() == b"bearer ":
@@ -114,13 +115,14 @@ class SluiceAPI:
             elif name == b"content-length":
                 length = int(value) if value.isdigit() else None
             elif (b"base" in name or b"upstream" in name) and any(p in name for p in _FORBIDDEN_HEADER_PARTS):
-                token = None
-                length = -1  # flag: refused below, once the error can be rendered
+                forbidden = name
         req = Request(scope, receive, send, b"req_" + os.urandom(12).hex().encode(), token, length)
         try:
-            if length == -1:
+            if forbidden is not None:
                 raise InvalidRequest(
-                    "Headers that choose the upstream are not accepted.", code="forbidden_parameter"
+                    f"The header '{forbidden.decode('latin-1')}' is not accepted: the upstream is chosen by "
+                    "the gateway's configuration.",
+                    code="forbidden_parameter",
                 )
             await self._dispatch(req)
         except SluiceError as err:

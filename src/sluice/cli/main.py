@@ -20,6 +20,7 @@ from sluice.config_file import LoadedConfig, load_config, parse_config, render_d
 from sluice.demo import DEMO_PRESETS, demo_config, real_presets
 from sluice.emulator import Emulator, flavor_url
 from sluice.errors import ConfigError
+from sluice.keys.service import ADMIN_ENV
 from sluice.settings import Config
 
 EMULATOR_URL_ENV = "SLUICE_DEMO_EMULATOR_URL"
@@ -129,9 +130,12 @@ def _banner(config: Config, admin_key: str | None, emulator: Emulator | None) ->
     s = config.server
     base = f"http://{s.host}:{s.port}/v1"
     chat = next((m.name for m in config.models if m.mode == "chat"), "MODEL")
-    key_line = (
-        admin_key or "(created on first start and shown once; `sluice keys create --name me` makes a new key)"
-    )
+    if admin_key:
+        key_line = admin_key
+    elif os.environ.get(ADMIN_ENV):
+        key_line = f"(the value of {ADMIN_ENV})"
+    else:
+        key_line = "(shown once, on first start; `sluice keys reset-admin` prints a new one)"
     shown = admin_key or "YOUR_KEY"
     models = ", ".join(m.name for m in config.models) or "(none)"
     click.echo(f"Sluice {__version__} — {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
