@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -152,6 +152,19 @@ class UpstreamResponse:
                     pass
 
 
+@contextlib.contextmanager
+def _transport_errors(provider: str) -> Iterator[None]:
+    """Map the client library's failures while calling a provider to ours, once."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise UpstreamTimeout(f"Provider {provider!r} did not answer in time.") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamError(f"Cannot connect to provider {provider!r}.") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(f"Provider {provider!r} broke the connection.") from exc
+
+
 _JSON_HEADERS = {"content-type": "application/json"}
 _SSE_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
 
@@ -179,7 +192,7 @@ class Upstream:
         """POST a non-stream call and read the whole answer, all under the ``total`` deadline."""
         endpoint = self._endpoints[provider]
         session = self._session(endpoint)
-        try:
+        with _transport_errors(provider):
             async with (
                 asyncio.timeout(endpoint.timeouts.total),
                 session.post(
@@ -191,12 +204,6 @@ class Upstream:
             ):
                 body = await _read_all(resp, MAX_RESPONSE_BYTES, provider)
                 return Fetched(resp.status, resp.headers, body)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"Provider {provider!r} did not answer in time.") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamError(f"Cannot connect to provider {provider!r}.") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"Provider {provider!r} broke the connection.") from exc
 
     def _session(self, endpoint: ProviderEndpoint) -> aiohttp.ClientSession:
         session = self._sessions.get(endpoint.name)
@@ -226,7 +233,7 @@ class Upstream:
         session = self._session(endpoint)
         started = asyncio.get_running_loop().time()
         t = endpoint.timeouts
-        try:
+        with _transport_errors(provider):
             async with asyncio.timeout(min(t.first_byte, t.total)):
                 resp = await session.post(
                     self._url(endpoint, call.path),
@@ -234,12 +241,6 @@ class Upstream:
                     headers=self._headers(call, stream=True),
                     allow_redirects=False,
                 )
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"Provider {provider!r} did not answer in time.") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamError(f"Cannot connect to provider {provider!r}.") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"Provider {provider!r} broke the connection.") from exc
         return UpstreamResponse(endpoint, resp, started)
 
     def redact(self, provider: str, raw: bytes) -> bytes:
