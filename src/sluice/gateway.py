@@ -126,7 +126,7 @@ class StreamReply:
             await self._events.aclose()
         if not error and self._translator.done:
             await self._resp.drain()
-        await self._resp.__aexit__(RuntimeError if error else None, None, None)
+        self._resp.release(error=error)
 
 
 # What translating a provider's malformed answer can raise (a shape we did not expect).
@@ -138,17 +138,13 @@ def _unusable(dep: Deployment) -> UpstreamError:
 
 
 @functools.cache
-def _target_headers(t: Target) -> list[tuple[bytes, bytes]]:
+def _meta_headers(t: Target) -> list[tuple[bytes, bytes]]:
+    """Response headers naming what served the request (built once per deployment)."""
     return [
         (b"x-sluice-provider", t.provider.encode()),
         (b"x-sluice-model", t.upstream_model.encode()),
         (b"x-sluice-attempts", b"1"),
     ]
-
-
-def _meta_headers(dep: Deployment) -> list[tuple[bytes, bytes]]:
-    """Response headers naming what served the request (built once per deployment)."""
-    return _target_headers(dep.target)
 
 
 class Gateway:
@@ -199,14 +195,14 @@ class Gateway:
             out = dep.adapter.chat_response(got.body, req, dep.target)
         except _MALFORMED as exc:
             raise _unusable(dep) from exc
-        return Reply(out.body, _meta_headers(dep), out.usage)
+        return Reply(out.body, _meta_headers(dep.target), out.usage)
 
     async def chat_stream(self, req: ChatRequest, route: Route) -> StreamReply:
         """Open a stream: returns once the provider has answered with a 200 event stream."""
         dep = route.deployments[0]
         call = dep.adapter.chat_call(req, dep.target)
         resp = await self._upstream.open_stream(dep.target.provider, call)
-        reply = StreamReply(_meta_headers(dep), resp, dep, dep.adapter.chat_stream(req, dep.target))
+        reply = StreamReply(_meta_headers(dep.target), resp, dep, dep.adapter.chat_stream(req, dep.target))
         try:
             if resp.status != 200:
                 raise self._failed(dep, resp.status, resp.headers, await self._upstream.error_body(resp))
@@ -239,7 +235,7 @@ class Gateway:
             raise _unusable(dep) from exc
         body.setdefault("object", "list")
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-        return Reply(orjson.dumps(body), _meta_headers(dep), usage)
+        return Reply(orjson.dumps(body), _meta_headers(dep.target), usage)
 
 
 def _b64_float32(vector: list[float]) -> str:

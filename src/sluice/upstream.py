@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 
 import aiohttp
 from yarl import URL
@@ -59,7 +58,7 @@ async def _read_all(resp: aiohttp.ClientResponse, limit: int, provider: str) -> 
 
 
 class UpstreamResponse:
-    """An open upstream response; use as an async context manager so the connection is released."""
+    """An open upstream (stream) response; ``release()`` must always be called."""
 
     def __init__(self, endpoint: ProviderEndpoint, resp: aiohttp.ClientResponse, started: float) -> None:
         self._endpoint = endpoint
@@ -68,13 +67,12 @@ class UpstreamResponse:
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers  # case-insensitive
 
-    async def __aenter__(self) -> UpstreamResponse:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._resp.release() if et is None else self._resp.close()
+    def release(self, *, error: bool = False) -> None:
+        """Return the connection to the pool, or drop it after an error (its state is unknown)."""
+        if error:
+            self._resp.close()
+        else:
+            self._resp.release()
 
     @property
     def first_byte(self) -> float:

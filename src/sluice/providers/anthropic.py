@@ -17,7 +17,7 @@ import orjson
 
 from sluice.errors import InvalidRequest, SluiceError, UpstreamError
 from sluice.providers.base import Target, Translated, UpstreamCall
-from sluice.providers.errors import map_error, stream_error
+from sluice.providers.errors import in_band_error, map_error
 from sluice.wire.requests import ChatRequest, EmbeddingRequest
 from sluice.wire.sse import DONE_FRAME, Event, data_frame
 
@@ -397,7 +397,7 @@ class AnthropicStream:
             self.done = True
             return []
         if kind == "error":
-            raise stream_error(self._provider, payload)
+            raise in_band_error(self._provider, payload)
         return []  # ping, content_block_stop, and event types we do not know
 
     def _delta(self, payload: dict[str, Any]) -> list[bytes]:

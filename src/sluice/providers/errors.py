@@ -120,8 +120,8 @@ def map_error(provider: str, status: int, headers: Mapping[str, str], raw: bytes
     return UpstreamError(f"Provider {provider!r} failed with status {status}{kind}.")
 
 
-def stream_error(provider: str, payload: Any) -> SluiceError:
-    """An error that arrived inside a 200 stream (OpenRouter chunk, Anthropic ``error`` event)."""
+def in_band_error(provider: str, payload: Any) -> SluiceError:
+    """An error inside a 200 answer (OpenRouter chunk, Anthropic ``error`` event, an error body)."""
     parsed = parse_error_body(orjson.dumps(payload))
     code = parsed.code or parsed.type
     if code in ("rate_limit_error", "rate_limit_exceeded"):

@@ -16,7 +16,7 @@ import orjson
 
 from sluice.errors import SluiceError, UpstreamError
 from sluice.providers.base import Target, Translated, UpstreamCall
-from sluice.providers.errors import map_error, stream_error
+from sluice.providers.errors import in_band_error, map_error
 from sluice.wire.requests import ChatRequest, EmbeddingRequest
 from sluice.wire.sse import DONE_FRAME, Event, data_frame, raw_frame
 
@@ -45,7 +45,7 @@ class OpenAIAdapter:
             raise UpstreamError(f"Provider {target.provider!r} sent a response that is not JSON.") from exc
         if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
             if isinstance(body, dict) and "error" in body:
-                raise stream_error(target.provider, body)
+                raise in_band_error(target.provider, body)
             raise UpstreamError(f"Provider {target.provider!r} sent a response without choices.")
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
         if _complete_completion(body):
@@ -117,7 +117,7 @@ class OpenAIStream:
         if not isinstance(chunk, dict):
             raise UpstreamError(f"Provider {self._provider!r} sent a malformed stream event.")
         if "error" in chunk:
-            raise stream_error(self._provider, chunk)
+            raise in_band_error(self._provider, chunk)
         if self._head is None:
             self._head = {k: chunk.get(k) for k in ("id", "created", "model", "system_fingerprint")}
         usage = chunk.get("usage")
