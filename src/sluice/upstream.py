@@ -163,8 +163,8 @@ def _transport_errors(provider: str) -> Iterator[None]:
         raise UpstreamError(f"Provider {provider!r} broke the connection.") from exc
 
 
-_JSON_HEADERS = {"content-type": "application/json"}
-_SSE_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
+_SESSION_HEADERS = {"user-agent": "sluice", "content-type": "application/json", "accept-encoding": "identity"}
+_SSE_HEADERS = {"accept": "text/event-stream"}
 
 
 class Upstream:
@@ -182,9 +182,10 @@ class Upstream:
         return url
 
     @staticmethod
-    def _headers(call: UpstreamCall, *, stream: bool) -> dict[str, str]:
-        base = _SSE_HEADERS if stream else _JSON_HEADERS
-        return {**base, **call.headers} if call.headers else base
+    def _headers(call: UpstreamCall, *, stream: bool) -> dict[str, str] | None:
+        if stream:
+            return {**_SSE_HEADERS, **call.headers}
+        return call.headers or None
 
     async def fetch(self, provider: str, call: UpstreamCall) -> Fetched:
         """POST a non-stream call and read the whole answer, all under the ``total`` deadline."""
@@ -218,9 +219,9 @@ class Upstream:
                 timeout=timeout,
                 # We parse every answer, so ask for identity encoding rather than inflate on the hot path.
                 auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
                 cookie_jar=aiohttp.DummyCookieJar(),  # providers' cookies must not leak between tenants
-                headers={"user-agent": "sluice", **endpoint.headers, **endpoint.auth_headers},
+                # Fixed headers live on the session: nothing to merge per request.
+                headers={**_SESSION_HEADERS, **endpoint.headers, **endpoint.auth_headers},
             )
             self._sessions[endpoint.name] = session
         return session

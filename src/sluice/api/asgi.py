@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -67,6 +68,16 @@ class Request:
 Handler = Callable[["SluiceAPI", Request], Awaitable[None]]
 
 
+class _RelayState:
+    """Two flags for one relayed stream (plain attributes: cheaper than two asyncio.Events)."""
+
+    __slots__ = ("ending", "gone")
+
+    def __init__(self) -> None:
+        self.gone = False  # the client left
+        self.ending = False  # our last send is under way: a disconnect now is the normal end
+
+
 class SluiceAPI:
     """The ASGI callable."""
 
@@ -96,6 +107,10 @@ class SluiceAPI:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                # Everything alive now (modules, config, routes) lives as long as the process: move it out
+                # of the collector's sight, or every full collection re-scans it on the hot path.
+                gc.collect()
+                gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self._on_shutdown()
@@ -162,7 +177,9 @@ class SluiceAPI:
         self, req: Request, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
     ) -> None:
         req.started = True
-        await req.send({"type": "http.response.start", "status": status, "headers": headers})
+        # content-length, not chunked framing: one write per response, and what every client expects
+        start = [*headers, (b"content-length", b"%d" % len(body))]
+        await req.send({"type": "http.response.start", "status": status, "headers": start})
         await req.send({"type": "http.response.body", "body": body})
 
     async def _read_body(self, req: Request) -> bytes:
@@ -221,15 +238,14 @@ class SluiceAPI:
         """
         task = asyncio.current_task()
         assert task is not None
-        gone = asyncio.Event()
-        ending = asyncio.Event()  # set before our last send: a disconnect after it is not the client leaving
+        state = _RelayState()
 
         async def watch() -> None:
             while True:
                 message = await req.receive()
                 if message["type"] == "http.disconnect":
-                    if not ending.is_set():
-                        gone.set()
+                    if not state.ending:
+                        state.gone = True
                         task.cancel()
                     return
 
@@ -244,11 +260,11 @@ class SluiceAPI:
             async for frames in stream.frames():
                 async with asyncio.timeout(stream.client_idle):
                     await req.send({"type": "http.response.body", "body": frames, "more_body": True})
-            ending.set()
+            state.ending = True
             await req.send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             failed = True
-            if not gone.is_set():
+            if not state.gone:
                 raise
             task.uncancel()
             log.info("client disconnected mid-stream request_id=%s", req.request_id.decode())
@@ -259,7 +275,7 @@ class SluiceAPI:
             failed = True
             if not req.started:
                 raise  # nothing sent yet: the caller renders a normal error response
-            ending.set()
+            state.ending = True
             log.warning("stream failed request_id=%s code=%s", req.request_id.decode(), err.code)
             await self._send_error(req, err)
         finally:
