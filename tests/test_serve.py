@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -141,3 +142,16 @@ def test_sluice_emulate_command(tmp_path: Path) -> None:
         assert "emulator listening on" in log.read_text()
     finally:
         stop(proc)
+
+
+def test_bad_command_line_option_is_a_clear_error(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "sluice.cli", "serve", "--port", "99999"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **clean_env()},
+    )
+    assert res.returncode == 1
+    assert "--port: Input should be less than or equal to 65535" in res.stderr

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from sluice import __version__
 from sluice.app import Services, create_app, open_services
@@ -21,7 +22,7 @@ from sluice.demo import DEMO_PRESETS, demo_config, real_presets
 from sluice.emulator import Emulator, flavor_url
 from sluice.errors import ConfigError
 from sluice.keys.service import ADMIN_ENV
-from sluice.settings import Config
+from sluice.settings import Config, ServerSettings
 
 EMULATOR_URL_ENV = "SLUICE_DEMO_EMULATOR_URL"
 CONFIG_ENV = "SLUICE_CONFIG_FILE"
@@ -45,10 +46,16 @@ def load_for_serving(config_path: str | None, emulator_url: str | None = None) -
 
 
 def _with_server(config: Config, **changes: object) -> Config:
+    """The config with command-line overrides of server settings, validated like the file."""
     updates = {k: v for k, v in changes.items() if v is not None}
     if not updates:
         return config
-    return config.model_copy(update={"server": config.server.model_copy(update=updates)})
+    try:
+        server = ServerSettings.model_validate({**config.server.model_dump(), **updates})
+    except ValidationError as exc:
+        problems = [f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid command-line option", problems) from exc
+    return config.model_copy(update={"server": server})
 
 
 def _setup_logging(level: str) -> None:
@@ -79,10 +86,10 @@ def serve(
             emulator = Emulator()
             emulator.start_in_thread()
         loaded = load_for_serving(config_path, emulator.url if emulator else None)
+        config = _with_server(loaded.config, host=host, port=port, workers=workers, data_dir=data_dir)
     except ConfigError as err:
         _fail(err)
         return
-    config = _with_server(loaded.config, host=host, port=port, workers=workers, data_dir=data_dir)
     _setup_logging(config.server.log_level)
     for warning in loaded.warnings:
         logging.getLogger("sluice").warning("%s", warning)
@@ -231,10 +238,10 @@ def keys() -> None:
 def _key_services(config_path: str | None, data_dir: str | None) -> Services:
     try:
         loaded = load_config(config_path) if config_path else parse_config("{}")
+        cfg = _with_server(loaded.config, data_dir=data_dir)
     except ConfigError as err:
         _fail(err)
         raise
-    cfg = _with_server(loaded.config, data_dir=data_dir)
     return open_services(cfg, os.environ)
 
 
