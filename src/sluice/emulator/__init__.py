@@ -127,8 +127,8 @@ class Emulator:
             return openai_dialect.error_plan(
                 "openai", 404, Faults(), f"unknown emulator path {incoming.path}"
             )
-        tail = incoming.path
-        if incoming.method == "GET" and tail.endswith("/models"):
+        path = incoming.path
+        if incoming.method == "GET" and path.endswith("/models"):
             names = [m.upstream for m in PRESETS[flavor].demo_models]
             return openai_dialect.models(flavor, names)
         if incoming.method != "POST":
@@ -161,14 +161,18 @@ class Emulator:
             )
             plan.latency = f.latency_ms / 1000
             return plan
-        if flavor == "anthropic":
-            if tail.endswith("/messages"):
-                return anthropic_dialect.messages(incoming.headers, body, f)
-        elif tail.endswith("/chat/completions"):
-            return openai_dialect.chat(flavor, body, f)
-        elif tail.endswith("/embeddings") and PRESETS[flavor].embeddings:
-            return openai_dialect.embeddings(flavor, body, f)
-        return _error(flavor, 404, f, f"unknown path {incoming.path}")
+        try:
+            if flavor == "anthropic":
+                if path.endswith("/messages"):
+                    return anthropic_dialect.messages(incoming.headers, body, f)
+            elif path.endswith("/chat/completions"):
+                return openai_dialect.chat(flavor, body, f)
+            elif path.endswith("/embeddings") and PRESETS[flavor].embeddings:
+                return openai_dialect.embeddings(flavor, body, f)
+        except (TypeError, KeyError, AttributeError, ValueError, IndexError) as exc:
+            # a body the emulator cannot play (the real provider would say 400 too)
+            return _error(flavor, 400, f, f"The emulator cannot answer this request: {exc!r}")
+        return _error(flavor, 404, f, f"unknown path {path}")
 
 
 def _has_auth(headers: dict[str, str]) -> bool:
