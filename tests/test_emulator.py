@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.client
+import socket
 import struct
 import time
 import urllib.error
@@ -1002,3 +1003,26 @@ def test_embeddings_errors(emulator: Emulator) -> None:
     assert post(f"{url}/embeddings", {"model": "e", "input": []}).status == 400
     deepseek = post(f"{emulator.base_url('deepseek')}/embeddings", {"model": "e", "input": "x"})
     assert deepseek.status == 404, "DeepSeek serves no embeddings"
+
+
+def test_pipelined_requests_are_answered_in_order(emulator: Emulator) -> None:
+    """Three requests in one write, the first one slow: the answers keep the request order."""
+
+    def raw(spec: str) -> bytes:
+        body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": f"x @emulator({spec})"}]})
+        return (
+            b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
+
+    with socket.create_connection(("127.0.0.1", emulator.port), timeout=5) as sock:
+        sock.sendall(raw("latency_ms=150 tokens=1") + raw("tokens=2") + raw("tokens=3"))
+        data = b""
+        while data.count(b'"content":"sluice') < 3:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed early"
+            data += chunk
+    first = data.index(b'"content":"sluice"')
+    second = data.index(b'"content":"sluice gates"')
+    third = data.index(b'"content":"sluice gates measure"')
+    assert first < second < third

@@ -185,3 +185,11 @@ def test_garbled_provider_answer_is_502_not_500(client: openai.OpenAI, stream: b
         )
     assert exc.value.status_code == 502
     assert _error_body(exc.value)["code"] == "upstream_error"
+
+
+def test_anthropic_pings_do_not_count_as_progress(client: openai.OpenAI) -> None:
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as exc:
+        list(_call(client, "claude-chat", "keepalive=20 pace_ms=300", stream=True))
+    assert exc.value.status_code == 504  # nothing of substance came before the idle deadline (1 s)
+    assert time.monotonic() - started < 4

@@ -160,7 +160,7 @@ def _stream(message: dict[str, Any], f: Faults) -> Plan:
             "message_start",
             {"message": {**message, "content": [], "stop_reason": None, "usage": start_usage}},
         ),
-        _event("ping", {}),
+        *[_event("ping", {})] * (1 + f.keepalive),  # Anthropic's keep-alives are `ping` events
     ]
     for i, block in enumerate(message["content"]):
         if block["type"] == "text":

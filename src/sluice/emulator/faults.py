@@ -26,7 +26,7 @@ class Faults:
     cut_after: int = -1  # close the connection after N stream events (no terminator)
     mid_error: int = -1  # send an in-stream error after N events
     malformed: int = -1  # send a malformed event after N events
-    keepalive: int = 0  # comments (`: keep-alive` / `: OPENROUTER PROCESSING`) before the first event
+    keepalive: int = 0  # keep-alives before the content: comments (DeepSeek, OpenRouter) or Anthropic pings
     no_usage: bool = False  # omit usage everywhere
     html: bool = False  # answer 502 with an HTML page
     hang: bool = False  # accept the request and never answer

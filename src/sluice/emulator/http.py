@@ -7,6 +7,7 @@ the parser callback; only answers with delays, streams with pacing, or hangs spa
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 from collections.abc import Callable
@@ -77,6 +78,8 @@ class _Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._task: asyncio.Task[None] | None = None
+        self._queue: collections.deque[Plan] = collections.deque()
+        self._hung = False
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -123,13 +126,25 @@ class _Connection(asyncio.Protocol):
         path = self._url.split(b"?", 1)[0].decode("latin-1")
         incoming = Incoming(method, path, self._headers, b"".join(self._body))
         plan = self._handler(incoming)
-        if plan.hang:
-            return  # never answer; the client's deadline must save it
-        if plan.frames is None and plan.latency <= 0:
-            self._write(_head(plan.status, plan.content_type, plan.headers, len(plan.body)) + plan.body)
+        if self._hung or (self._task is not None and not self._task.done()):
+            self._queue.append(plan)  # pipelined: answers go out in request order
             return
+        self._start(plan)
+
+    def _start(self, plan: Plan) -> None:
+        """Send ``plan`` (and any queued after it that need no waiting), or hand it to a task."""
+        while True:
+            if plan.hang:
+                self._hung = True  # never answer, nor anything pipelined behind it
+                return
+            if plan.frames is not None or plan.latency > 0:
+                break
+            self._write(_head(plan.status, plan.content_type, plan.headers, len(plan.body)) + plan.body)
+            if not self._queue:
+                return
+            plan = self._queue.popleft()
         if self._transport is not None:
-            self._transport.pause_reading()  # one request at a time on this connection
+            self._transport.pause_reading()  # one timed answer at a time on this connection
         task = asyncio.get_running_loop().create_task(self._send_plan(plan))
         self._task = task
         self._tasks.add(task)
@@ -164,6 +179,8 @@ class _Connection(asyncio.Protocol):
         finally:
             if self._transport is not None and not self._transport.is_closing():
                 self._transport.resume_reading()
+                if self._queue:
+                    self._start(self._queue.popleft())
 
 
 class HTTPServer:
