@@ -155,3 +155,23 @@ def test_bad_command_line_option_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert res.returncode == 1
     assert "--port: Input should be less than or equal to 65535" in res.stderr
+
+
+def test_missing_provider_key_variable_stops_startup(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "providers: [{name: ds, preset: deepseek, api_key: env:SLUICE_TEST_UNSET_KEY}]\n"
+        "models: [{name: m, deployments: [{provider: ds, model: deepseek-flash}]}]\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SLUICE_TEST_UNSET_KEY"}
+    res = subprocess.run(
+        [sys.executable, "-m", "sluice.cli", "serve", "--config", str(cfg), "--port", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=30,
+    )
+    assert res.returncode == 1
+    assert "provider 'ds': environment variable SLUICE_TEST_UNSET_KEY is not set" in res.stderr

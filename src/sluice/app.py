@@ -47,6 +47,7 @@ def _endpoint(p: ProviderSettings, environ: Mapping[str, str]) -> ProviderEndpoi
     preset = PRESETS[p.preset]
     try:
         key = resolve_secret(p.api_key, environ)
+        headers = {name: resolve_secret(value, environ) or "" for name, value in p.headers.items()}
     except ConfigError as exc:
         raise ConfigError(f"provider {p.name!r}: {exc.message}") from exc
     auth: dict[str, str] = {}
@@ -56,7 +57,7 @@ def _endpoint(p: ProviderSettings, environ: Mapping[str, str]) -> ProviderEndpoi
         name=p.name,
         base_url=p.base_url or preset.base_url,
         auth_headers=auth,
-        headers={name: resolve_secret(value, environ) or "" for name, value in p.headers.items()},
+        headers=headers,
         timeouts=p.timeouts,
         max_connections=p.max_connections,
     )

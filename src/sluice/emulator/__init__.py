@@ -29,7 +29,6 @@ _BASE_PATHS = {
     "groq": "/openai/v1",
     "deepseek": "",
 }
-FLAVORS = tuple(PRESETS)
 
 
 def flavor_url(root: str, flavor: str) -> str:
