@@ -30,7 +30,7 @@ from sluice.errors import (
     ServiceUnavailable,
     SluiceError,
 )
-from sluice.gateway import Gateway, StreamReply
+from sluice.gateway import Gateway, Reply, StreamReply
 from sluice.keys.service import KeyService, Principal
 from sluice.routing.table import Route
 from sluice.wire.requests import parse_json_object, validate_chat, validate_embeddings
@@ -68,14 +68,44 @@ class Request:
 Handler = Callable[["SluiceAPI", Request], Awaitable[None]]
 
 
-class _RelayState:
-    """Two flags for one relayed stream (plain attributes: cheaper than two asyncio.Events)."""
+class _DisconnectWatch:
+    """Cancels the handling task when the client disconnects, so the upstream call stops with it.
 
-    __slots__ = ("ending", "gone")
+    Set ``ending`` before the last send: from then on a disconnect is the normal end of the exchange.
+    """
 
-    def __init__(self) -> None:
-        self.gone = False  # the client left
-        self.ending = False  # our last send is under way: a disconnect now is the normal end
+    __slots__ = ("_task", "ending", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        owner = asyncio.current_task()
+        assert owner is not None
+        self.gone = False
+        self.ending = False
+        self._task = asyncio.create_task(self._watch(receive, owner))
+
+    async def _watch(self, receive: Receive, owner: asyncio.Task[Any]) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not self.ending:
+                    self.gone = True
+                    owner.cancel()
+                return
+
+    def client_left(self) -> bool:
+        """After a ``CancelledError``: True (and the cancel absorbed) if the client caused it."""
+        if not self.gone:
+            return False
+        task = asyncio.current_task()
+        assert task is not None
+        task.uncancel()
+        return True
+
+    async def stop(self) -> None:
+        """Stop watching."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 class SluiceAPI:
@@ -223,33 +253,33 @@ class SluiceAPI:
         chat = validate_chat(parse_json_object(await self._read_body(req)))
         self._allowed(principal, chat.model)
         route = self.gateway.route(chat.model, "chat")
-        if not chat.stream:
-            reply = await self.gateway.chat(chat, route)
-            await self._respond(req, 200, reply.body, self._headers(req, reply.headers, JSON_HEADERS))
+        if chat.stream:
+            await self._relay(req, lambda: self.gateway.chat_stream(chat, route))
+        else:
+            await self._complete(req, lambda: self.gateway.chat(chat, route))
+
+    async def _complete(self, req: Request, call: Callable[[], Awaitable[Reply]]) -> None:
+        """Send a complete answer; if the client leaves while it is computed, stop the upstream call."""
+        watch = _DisconnectWatch(req.receive)
+        try:
+            reply = await call()
+        except asyncio.CancelledError:
+            if not watch.client_left():
+                raise
+            log.info("client disconnected before the answer request_id=%s", req.request_id.decode())
             return
-        await self._relay(req, lambda: self.gateway.chat_stream(chat, route))
+        finally:
+            await watch.stop()
+        await self._respond(req, 200, reply.body, self._headers(req, reply.headers, JSON_HEADERS))
 
     async def _relay(self, req: Request, opener: Callable[[], Awaitable[StreamReply]]) -> None:
         """Open a stream and send it to the client.
 
-        A watcher notices the client leaving — while the stream is still being opened, or mid-stream —
-        and cancels this task, which closes the upstream request. A client too slow to take a chunk
+        The client leaving — while the stream is still being opened, or mid-stream — cancels this
+        task, which closes the upstream request. A client too slow to take a chunk
         within the provider's idle deadline is dropped, so it cannot pin an upstream connection.
         """
-        task = asyncio.current_task()
-        assert task is not None
-        state = _RelayState()
-
-        async def watch() -> None:
-            while True:
-                message = await req.receive()
-                if message["type"] == "http.disconnect":
-                    if not state.ending:
-                        state.gone = True
-                        task.cancel()
-                    return
-
-        watcher = asyncio.create_task(watch())
+        watch = _DisconnectWatch(req.receive)
         stream: StreamReply | None = None
         failed = False
         try:
@@ -260,13 +290,12 @@ class SluiceAPI:
             async for frames in stream.frames():
                 async with asyncio.timeout(stream.client_idle):
                     await req.send({"type": "http.response.body", "body": frames, "more_body": True})
-            state.ending = True
+            watch.ending = True
             await req.send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             failed = True
-            if not state.gone:
+            if not watch.client_left():
                 raise
-            task.uncancel()
             log.info("client disconnected mid-stream request_id=%s", req.request_id.decode())
         except TimeoutError:
             failed = True
@@ -275,13 +304,11 @@ class SluiceAPI:
             failed = True
             if not req.started:
                 raise  # nothing sent yet: the caller renders a normal error response
-            state.ending = True
+            watch.ending = True
             log.warning("stream failed request_id=%s code=%s", req.request_id.decode(), err.code)
             await self._send_error(req, err)
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await watch.stop()
             if stream is not None:
                 await stream.close(error=failed)
 
@@ -290,8 +317,7 @@ class SluiceAPI:
         emb = validate_embeddings(parse_json_object(await self._read_body(req)))
         self._allowed(principal, emb.model)
         route = self.gateway.route(emb.model, "embedding")
-        reply = await self.gateway.embeddings(emb, route)
-        await self._respond(req, 200, reply.body, self._headers(req, reply.headers, JSON_HEADERS))
+        await self._complete(req, lambda: self.gateway.embeddings(emb, route))
 
     def _model_card(self, route: Route) -> dict[str, Any]:
         return {"id": route.alias, "object": "model", "created": self._created, "owned_by": route.owned_by}

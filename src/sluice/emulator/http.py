@@ -143,8 +143,7 @@ class _Connection(asyncio.Protocol):
             if not self._queue:
                 return
             plan = self._queue.popleft()
-        if self._transport is not None:
-            self._transport.pause_reading()  # one timed answer at a time on this connection
+        # Reading goes on meanwhile (pipelined requests queue up, and a client that leaves is noticed).
         task = asyncio.get_running_loop().create_task(self._send_plan(plan))
         self._task = task
         self._tasks.add(task)
@@ -177,10 +176,8 @@ class _Connection(asyncio.Protocol):
                 self._write(b"%x\r\n%b\r\n" % (len(frame), frame))
             self._write(b"0\r\n\r\n")
         finally:
-            if self._transport is not None and not self._transport.is_closing():
-                self._transport.resume_reading()
-                if self._queue:
-                    self._start(self._queue.popleft())
+            if self._queue and self._transport is not None and not self._transport.is_closing():
+                self._start(self._queue.popleft())
 
 
 class HTTPServer:
