@@ -1026,3 +1026,24 @@ def test_pipelined_requests_are_answered_in_order(emulator: Emulator) -> None:
     second = data.index(b'"content":"sluice gates"')
     third = data.index(b'"content":"sluice gates measure"')
     assert first < second < third
+
+
+def test_garbage_after_a_stream_is_answered_after_it(emulator: Emulator) -> None:
+    body = orjson.dumps(
+        {
+            "model": "m",
+            "stream": True,
+            "messages": [{"role": "user", "content": "x @emulator(pace_ms=20 tokens=3)"}],
+        }
+    )
+    request = (
+        b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    with socket.create_connection(("127.0.0.1", emulator.port), timeout=5) as sock:
+        sock.sendall(request + b"NOT HTTP AT ALL\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.index(b"data: [DONE]") < data.index(b"HTTP/1.1 400")
+    assert data.endswith(b"bad request")

@@ -122,11 +122,13 @@ class StreamReply:
 
     async def close(self, *, error: bool = False) -> None:
         """Release (or, after an error or disconnect, drop) the upstream connection."""
-        if self._events is not None:
-            await self._events.aclose()
-        if not error and self._translator.done:
-            await self._resp.drain()
-        self._resp.release(error=error)
+        try:
+            if self._events is not None:
+                await self._events.aclose()
+            if not error and self._translator.done:
+                await self._resp.drain()
+        finally:
+            self._resp.release(error=error)
 
 
 # What translating a provider's malformed answer can raise (a shape we did not expect).

@@ -102,10 +102,11 @@ class _DisconnectWatch:
         return True
 
     async def stop(self) -> None:
-        """Stop watching."""
+        """Stop watching. Never raises the watcher's own outcome; a cancel of the caller still applies."""
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await asyncio.wait([self._task])
+        if not self._task.cancelled() and self._task.exception() is not None:
+            log.warning("disconnect watcher failed", exc_info=self._task.exception())
 
 
 class SluiceAPI:

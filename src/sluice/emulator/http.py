@@ -41,6 +41,7 @@ class Plan:
     pace: float = 0.0
     cut_after: int = -1
     hang: bool = False
+    close: bool = False  # close the connection once this answer is written
 
 
 Handler = Callable[[Incoming], Plan]
@@ -80,6 +81,7 @@ class _Connection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._queue: collections.deque[Plan] = collections.deque()
         self._hung = False
+        self._broken = False  # a request did not parse: ignore the rest of the connection
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -88,12 +90,22 @@ class _Connection(asyncio.Protocol):
         self._conns.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._broken:
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
-            if self._transport is not None:
-                self._transport.write(_head(400, "text/plain", [("connection", "close")], 0))
-                self._transport.close()
+            # answered in order, after anything still being sent, and then the connection is closed
+            self._broken = True
+            self._enqueue(
+                Plan(
+                    status=400,
+                    headers=[("connection", "close")],
+                    content_type="text/plain",
+                    body=b"bad request",
+                    close=True,
+                )
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -125,7 +137,9 @@ class _Connection(asyncio.Protocol):
         method = self._parser.get_method().decode()
         path = self._url.split(b"?", 1)[0].decode("latin-1")
         incoming = Incoming(method, path, self._headers, b"".join(self._body))
-        plan = self._handler(incoming)
+        self._enqueue(self._handler(incoming))
+
+    def _enqueue(self, plan: Plan) -> None:
         if self._hung or (self._task is not None and not self._task.done()):
             self._queue.append(plan)  # pipelined: answers go out in request order
             return
@@ -140,6 +154,9 @@ class _Connection(asyncio.Protocol):
             if plan.frames is not None or plan.latency > 0:
                 break
             self._write(_head(plan.status, plan.content_type, plan.headers, len(plan.body)) + plan.body)
+            if plan.close:
+                self.close()
+                return
             if not self._queue:
                 return
             plan = self._queue.popleft()
@@ -176,7 +193,14 @@ class _Connection(asyncio.Protocol):
                 self._write(b"%x\r\n%b\r\n" % (len(frame), frame))
             self._write(b"0\r\n\r\n")
         finally:
-            if self._queue and self._transport is not None and not self._transport.is_closing():
+            task = asyncio.current_task()
+            cancelled = task is not None and task.cancelling() > 0  # shutting down: start nothing new
+            if (
+                self._queue
+                and not cancelled
+                and self._transport is not None
+                and not self._transport.is_closing()
+            ):
                 self._start(self._queue.popleft())
 
 
