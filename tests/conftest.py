@@ -26,7 +26,7 @@ DIALECTS: list[tuple[str, str, str, bool]] = [
     ("ds-chat", "deepseek", "deepseek-flash", False),
     ("qwen-chat", "dashscope", "qwen-plus", True),
     ("or-chat", "openrouter", "qwen/qwen-plus", True),
-    ("claude-chat", "anthropic", "claude-sonnet-4-5", False),
+    ("claude-chat", "anthropic", "claude-sonnet-5", False),
     ("gem-chat", "gemini", "gemini-2.5-flash", True),
     ("groq-chat", "groq", "llama-3.3-70b-versatile", False),
     ("ollama-chat", "ollama", "llama3.2", True),

@@ -44,7 +44,7 @@ def drive_demo(port: int, log: Path) -> None:
         for name in (
             "deepseek-flash",
             "qwen-plus",
-            "claude-sonnet-4-5",
+            "claude-sonnet-5",
             "gpt-4o-mini",
             "gemini-2.5-flash",
             "text-embedding-3-small",

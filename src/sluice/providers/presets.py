@@ -80,7 +80,7 @@ PRESETS: dict[str, Preset] = {
             auth="x-api-key",
             key_env="ANTHROPIC_API_KEY",
             embeddings=False,
-            demo_models=(DemoModel("claude-sonnet-4-5", "claude-sonnet-4-5"),),
+            demo_models=(DemoModel("claude-sonnet-5", "claude-sonnet-5"),),
         ),
         Preset(
             "gemini",
