@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from sluice.errors import InvalidRequest, ModelNotFound, SluiceError, UpstreamError
+from sluice.pricing.usage import TokenUsage, from_embeddings
 from sluice.providers.base import StreamTranslator, Target
 from sluice.providers.errors import parse_error_body
 from sluice.routing.table import Deployment, Route
@@ -36,6 +37,7 @@ class Reply:
     body: bytes
     headers: list[tuple[bytes, bytes]]
     usage: dict[str, Any] | None = None
+    tokens: TokenUsage | None = None  # usage, normalised for pricing
 
 
 @dataclass(slots=True)
@@ -64,6 +66,11 @@ class StreamReply:
     def usage(self) -> dict[str, Any] | None:
         """Usage reported by the provider so far (None if it never said)."""
         return self._translator.usage
+
+    @property
+    def tokens(self) -> TokenUsage | None:
+        """The same usage, normalised for pricing."""
+        return self._translator.tokens()
 
     def _translate(self, events: list[Event]) -> list[bytes]:
         """Frames for a batch of events; an error keeps the frames before it (raised after them)."""
@@ -197,7 +204,7 @@ class Gateway:
             out = dep.adapter.chat_response(got.body, req, dep.target)
         except _MALFORMED as exc:
             raise _unusable(dep) from exc
-        return Reply(out.body, _meta_headers(dep.target), out.usage)
+        return Reply(out.body, _meta_headers(dep.target), out.usage, out.tokens)
 
     async def chat_stream(self, req: ChatRequest, route: Route) -> StreamReply:
         """Open a stream: returns once the provider has answered with a 200 event stream."""
@@ -237,7 +244,8 @@ class Gateway:
             raise _unusable(dep) from exc
         body.setdefault("object", "list")
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-        return Reply(orjson.dumps(body), _meta_headers(dep.target), usage)
+        tokens = from_embeddings(usage) if usage is not None else None
+        return Reply(orjson.dumps(body), _meta_headers(dep.target), usage, tokens)
 
 
 def _b64_float32(vector: list[float]) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from sluice.errors import InvalidRequest, SluiceError, UpstreamError
+from sluice.pricing.usage import TokenUsage, from_anthropic
 from sluice.providers.base import Target, Translated, UpstreamCall
 from sluice.providers.errors import in_band_error, map_error
 from sluice.wire.requests import ChatRequest, EmbeddingRequest
@@ -271,7 +272,9 @@ class AnthropicAdapter:
             message["tool_calls"] = calls
         if thinking:
             message["reasoning_content"] = "".join(thinking)
-        usage = openai_usage(msg["usage"]) if isinstance(msg.get("usage"), dict) else None
+        raw_usage = msg.get("usage")
+        usage = openai_usage(raw_usage) if isinstance(raw_usage, dict) else None
+        tokens = from_anthropic(raw_usage) if isinstance(raw_usage, dict) else None
         out = {
             "id": msg.get("id"),
             "object": "chat.completion",
@@ -289,7 +292,7 @@ class AnthropicAdapter:
         }
         if usage is not None:
             out["usage"] = usage
-        return Translated(orjson.dumps(out), usage)
+        return Translated(orjson.dumps(out), usage, tokens)
 
     def chat_stream(self, req: ChatRequest, target: Target) -> AnthropicStream:
         """A translator from Anthropic events to chat completion chunks."""
@@ -415,6 +418,10 @@ class AnthropicStream:
         if kind == "thinking_delta":
             return [self._chunk({"reasoning_content": delta.get("thinking", "")})]
         return []
+
+    def tokens(self) -> TokenUsage | None:
+        """The usage reported so far (message_start, then message_delta's cumulative counts), normalised."""
+        return from_anthropic(self._raw_usage) if self._raw_usage else None
 
     def finish(self) -> list[bytes]:
         """The usage chunk (if asked) and ``[DONE]``."""

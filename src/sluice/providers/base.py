@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sluice.errors import SluiceError
+from sluice.pricing.usage import TokenUsage
 from sluice.wire.requests import ChatRequest, EmbeddingRequest
 from sluice.wire.sse import Event
 
@@ -38,6 +39,7 @@ class Translated:
 
     body: bytes
     usage: dict[str, Any] | None
+    tokens: TokenUsage | None = None  # the same usage, normalised (for pricing and the ledger)
 
 
 class StreamTranslator(Protocol):
@@ -49,6 +51,10 @@ class StreamTranslator(Protocol):
 
     def feed(self, event: Event) -> list[bytes]:
         """Frames to send for one upstream event; raises ``SluiceError`` for an in-stream error."""
+        ...
+
+    def tokens(self) -> TokenUsage | None:
+        """The usage reported so far, normalised (None if the provider never said)."""
         ...
 
     def finish(self) -> list[bytes]:

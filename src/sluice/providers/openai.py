@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from sluice.errors import SluiceError, UpstreamError
+from sluice.pricing.usage import TokenUsage, from_openai
 from sluice.providers.base import Target, Translated, UpstreamCall
 from sluice.providers.errors import in_band_error, map_error
 from sluice.wire.requests import ChatRequest, EmbeddingRequest
@@ -48,9 +49,10 @@ class OpenAIAdapter:
                 raise in_band_error(target.provider, body)
             raise UpstreamError(f"Provider {target.provider!r} sent a response without choices.")
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+        tokens = from_openai(usage) if usage is not None else None
         if _complete_completion(body):
-            return Translated(raw, usage)
-        return Translated(orjson.dumps(body), usage)
+            return Translated(raw, usage, tokens)
+        return Translated(orjson.dumps(body), usage, tokens)
 
     def chat_stream(self, req: ChatRequest, target: Target) -> OpenAIStream:
         """A translator that normalises usage placement and in-stream errors."""
@@ -134,6 +136,10 @@ class OpenAIStream:
         if (isinstance(choices, list) and _fill_chunk(choices)) or b"\n" in data:
             return [data_frame(chunk)]  # re-framed: a multi-line data field must not pass through as is
         return [raw_frame(data)]
+
+    def tokens(self) -> TokenUsage | None:
+        """The usage reported so far, normalised."""
+        return from_openai(self.usage) if isinstance(self.usage, dict) else None
 
     def finish(self) -> list[bytes]:
         """The usage chunk (when asked and known) and ``[DONE]``."""

@@ -1,0 +1,1 @@
+"""Usage normalisation and cost. Pure: Decimal when computing, integer nano-dollars when stored."""
