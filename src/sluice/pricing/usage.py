@@ -26,8 +26,8 @@ class TokenUsage:
 
     input_tokens: int = 0  # every prompt token: uncached + cache reads + cache writes
     cache_read_tokens: int = 0
-    cache_write_tokens: int = 0  # 5-minute (default) cache writes
-    cache_write_1h_tokens: int = 0
+    cache_write_tokens: int = 0  # every cache write (5-minute and 1-hour)
+    cache_write_1h_tokens: int = 0  # the 1-hour part of cache_write_tokens
     output_tokens: int = 0  # every completion token, reasoning included
     output_reasoning_tokens: int = 0
     input_audio_tokens: int = 0
@@ -39,10 +39,7 @@ class TokenUsage:
     @property
     def uncached_input_tokens(self) -> int:
         """Prompt tokens billed at the plain input rate."""
-        return max(
-            self.input_tokens - self.cache_read_tokens - self.cache_write_tokens - self.cache_write_1h_tokens,
-            0,
-        )
+        return max(self.input_tokens - self.cache_read_tokens - self.cache_write_tokens, 0)
 
     def as_genai_usage(self) -> dict[str, int]:
         """The token counts under genai-prices' ``Usage`` keys (zero classes left out)."""
@@ -107,7 +104,7 @@ def from_anthropic(usage: Mapping[str, Any]) -> TokenUsage:
     return TokenUsage(
         input_tokens=_count(usage.get("input_tokens")) + read + written,
         cache_read_tokens=read,
-        cache_write_tokens=written - write_1h,
+        cache_write_tokens=written,
         cache_write_1h_tokens=write_1h,
         output_tokens=_count(usage.get("output_tokens")),
         web_searches=_count(server_tools.get("web_search_requests")),
