@@ -7,6 +7,7 @@
     │   ├── PermissionDenied         403 permission_denied
     │   ├── NotFound                 404 not_found (unknown path)
     │   ├── ModelNotFound            404 model_not_found
+    │   ├── ModelUnpriced            400 model_unpriced (no price and no ceiling: never $0)
     │   ├── MethodNotAllowed         405 method_not_allowed
     │   ├── PayloadTooLarge          413 request_too_large
     │   └── UpstreamRateLimited      429 rate_limit_exceeded (a provider's 429, passed on)
@@ -89,6 +90,14 @@ class ModelNotFound(ClientError):
     status = 404
     type = "invalid_request_error"
     code = "model_not_found"
+
+
+class ModelUnpriced(ClientError):
+    """No price is known for the model and no ceiling is configured: it is refused, never charged $0."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "model_unpriced"
 
 
 class MethodNotAllowed(ClientError):

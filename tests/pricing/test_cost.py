@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sluice.pricing.cost import Pricer, Rates, UnpricedModel, to_nanos
+from sluice.errors import ModelUnpriced
+from sluice.pricing.cost import Pricer, Rates, to_nanos
 from sluice.pricing.usage import TokenUsage
 
 TUESDAY_PEAK = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
@@ -92,7 +93,7 @@ def test_unpriced_is_never_zero() -> None:
     # guards against LiteLLM #25874: an unknown model priced at $0 so no budget ever trips
     pricer = Pricer("openai_compatible", "mystery-model")
     assert not pricer.is_priced()
-    with pytest.raises(UnpricedModel):
+    with pytest.raises(ModelUnpriced):
         pricer.charge(TokenUsage(input_tokens=1), TUESDAY_PEAK)
     assert not Pricer("dashscope", "qwen-plus").is_priced()  # genai-prices has no DashScope
     ceiling = Pricer("openai_compatible", "mystery-model", ceiling=Rates(Decimal(10), Decimal(30)))

@@ -20,10 +20,9 @@ from importlib.metadata import version
 
 from genai_prices import Usage, calc_price
 
+from sluice.errors import ModelUnpriced
 from sluice.pricing.usage import TokenUsage
 
-MILLION = Decimal(1_000_000)
-NANOS_PER_USD = Decimal(1_000_000_000)
 GENAI_PRICES = f"genai-prices {version('genai-prices')}"
 # Our preset → genai-prices' provider id (presets absent here have no bundled prices).
 GENAI_PROVIDER = {
@@ -63,10 +62,7 @@ class Rates:
             + usage.cache_write_1h_tokens * write_1h_rate
             + usage.output_tokens * self.output
         )
-        return total / MILLION
-
-
-FREE = Rates(Decimal(0), Decimal(0))
+        return total.scaleb(-6)  # per million: an exact exponent shift, whatever the context precision
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +77,7 @@ class Charge:
 
 def to_nanos(usd: Decimal) -> int:
     """Integer nano-dollars, rounded up: a tiny charge never rounds to 0."""
-    return int((usd * NANOS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
-
-
-class UnpricedModel(LookupError):
-    """No price is known for a deployment and no ceiling is configured."""
+    return int(usd.scaleb(9).to_integral_value(rounding=ROUND_CEILING))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +110,10 @@ class Pricer:
         if self.ceiling is not None:
             usd = self.ceiling.usd(usage)
             return Charge(usd, to_nanos(usd), "ceiling", at_ceiling=True)
-        raise UnpricedModel(f"no price for {self.preset} model {self.model!r}")
+        raise ModelUnpriced(
+            f"No price is known for {self.preset} model {self.model!r}; the operator must configure one "
+            "(or a ceiling) before it can be used."
+        )
 
     def _bundled(self, usage: TokenUsage, at: datetime) -> Decimal | None:
         provider = GENAI_PROVIDER.get(self.preset)
