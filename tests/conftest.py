@@ -12,12 +12,17 @@ from typing import Any
 import openai
 import pytest
 import uvicorn
+from hypothesis import HealthCheck, settings
 
 from sluice.api.asgi import SluiceAPI
 from sluice.app import create_app
 from sluice.config_file import parse_config
 from sluice.emulator import Emulator
 from sluice.settings import Config
+
+# CI has 2 cores shared with real servers: judge properties, not how fast examples are generated.
+settings.register_profile("sluice", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("sluice")
 
 ADMIN_KEY = "sk-test-admin-key-0123456789"
 # Every dialect the gateway speaks, as (alias, preset, upstream model, has embeddings)

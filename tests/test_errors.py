@@ -318,7 +318,11 @@ chat_like = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(body=chat_like | json_values)
 def test_random_bodies_never_get_a_500(gateway: ServerThread, body: Any) -> None:
     status, _h, payload = chat(gateway, body)
