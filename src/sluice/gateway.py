@@ -14,7 +14,6 @@ import sys
 from array import array
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
@@ -36,8 +35,7 @@ class Reply:
 
     body: bytes
     headers: list[tuple[bytes, bytes]]
-    usage: dict[str, Any] | None = None
-    tokens: TokenUsage | None = None  # usage, normalised for pricing
+    tokens: TokenUsage | None = None  # the provider's usage, normalised for pricing
 
 
 @dataclass(slots=True)
@@ -63,13 +61,8 @@ class StreamReply:
         return self._resp.idle
 
     @property
-    def usage(self) -> dict[str, Any] | None:
-        """Usage reported by the provider so far (None if it never said)."""
-        return self._translator.usage
-
-    @property
     def tokens(self) -> TokenUsage | None:
-        """The same usage, normalised for pricing."""
+        """The usage the provider reported so far, normalised for pricing (None if it never said)."""
         return self._translator.tokens()
 
     def _translate(self, events: list[Event]) -> list[bytes]:
@@ -204,7 +197,7 @@ class Gateway:
             out = dep.adapter.chat_response(got.body, req, dep.target)
         except _MALFORMED as exc:
             raise _unusable(dep) from exc
-        return Reply(out.body, _meta_headers(dep.target), out.usage, out.tokens)
+        return Reply(out.body, _meta_headers(dep.target), out.tokens)
 
     async def chat_stream(self, req: ChatRequest, route: Route) -> StreamReply:
         """Open a stream: returns once the provider has answered with a 200 event stream."""
@@ -214,7 +207,7 @@ class Gateway:
         reply = StreamReply(_meta_headers(dep.target), resp, dep, dep.adapter.chat_stream(req, dep.target))
         try:
             if resp.status != 200:
-                raise self._failed(dep, resp.status, resp.headers, await self._upstream.error_body(resp))
+                raise self._failed(dep, resp.status, resp.headers, await resp.error_body())
             if not resp.headers.get("content-type", "").startswith("text/event-stream"):
                 raise UpstreamError(
                     f"Provider {dep.target.provider!r} answered a stream request without a stream."
@@ -245,7 +238,7 @@ class Gateway:
         body.setdefault("object", "list")
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
         tokens = from_embeddings(usage) if usage is not None else None
-        return Reply(orjson.dumps(body), _meta_headers(dep.target), usage, tokens)
+        return Reply(orjson.dumps(body), _meta_headers(dep.target), tokens)
 
 
 def _b64_float32(vector: list[float]) -> str:

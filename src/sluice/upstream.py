@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 import aiohttp
 from yarl import URL
 
-from sluice.errors import SluiceError, UpstreamError, UpstreamTimeout
+from sluice.errors import UpstreamError, UpstreamTimeout
 from sluice.providers.base import UpstreamCall
 from sluice.settings import Timeouts
 from sluice.wire.sse import Event, SSEDecoder
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+ERROR_BODY_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +76,6 @@ class UpstreamResponse:
             self._resp.release()
 
     @property
-    def first_byte(self) -> float:
-        """The provider's first-byte deadline, in seconds."""
-        return self._endpoint.timeouts.first_byte
-
-    @property
     def idle(self) -> float:
         """The provider's idle deadline, in seconds (also how long a slow client may stall a stream)."""
         return self._endpoint.timeouts.idle
@@ -87,18 +83,14 @@ class UpstreamResponse:
     def _deadline(self) -> float:
         return self._started + self._endpoint.timeouts.total
 
-    async def read(self, limit: int = MAX_RESPONSE_BYTES, within: float | None = None) -> bytes:
-        """The whole body, within the total deadline (or ``within`` seconds from now, if sooner)."""
-        deadline = self._deadline()
-        if within is not None:
-            deadline = min(deadline, asyncio.get_running_loop().time() + within)
-        try:
+    async def error_body(self) -> bytes:
+        """An error answer's body, bounded in size and by the first-byte deadline; unreadable: empty."""
+        loop = asyncio.get_running_loop()
+        deadline = min(self._deadline(), loop.time() + self._endpoint.timeouts.first_byte)
+        with contextlib.suppress(TimeoutError, aiohttp.ClientError, UpstreamError):
             async with asyncio.timeout_at(deadline):
-                return await _read_all(self._resp, limit, self._endpoint.name)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"Provider {self._endpoint.name!r} exceeded the total deadline.") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"Provider {self._endpoint.name!r} broke the connection.") from exc
+                return await _read_all(self._resp, ERROR_BODY_BYTES, self._endpoint.name)
+        return b""
 
     async def events(self) -> AsyncGenerator[list[Event], None]:
         """SSE events as they arrive, batched per read, under the first-byte, idle and total deadlines.
@@ -250,12 +242,6 @@ class Upstream:
             if len(secret) >= 8:
                 raw = raw.replace(secret.encode(), b"[redacted]")
         return raw
-
-    async def error_body(self, resp: UpstreamResponse) -> bytes:
-        """Read an error body, bounded, never failing (an unreadable body is an empty one)."""
-        with contextlib.suppress(SluiceError):
-            return await resp.read(limit=256 * 1024, within=resp.first_byte)
-        return b""
 
     async def close(self) -> None:
         """Close every pool."""

@@ -218,11 +218,6 @@ class HTTPServer:
         """Answers still being sent (delayed or paced)."""
         return len(self._tasks)
 
-    @property
-    def connections(self) -> int:
-        """Open client connections."""
-        return len(self._conns)
-
     async def start(self, host: str, port: int) -> int:
         """Listen; return the bound port (useful with port 0)."""
         loop = asyncio.get_running_loop()

@@ -273,8 +273,10 @@ class AnthropicAdapter:
         if thinking:
             message["reasoning_content"] = "".join(thinking)
         raw_usage = msg.get("usage")
-        usage = openai_usage(raw_usage) if isinstance(raw_usage, dict) else None
-        tokens = from_anthropic(raw_usage) if isinstance(raw_usage, dict) else None
+        usage: dict[str, Any] | None = None
+        tokens: TokenUsage | None = None
+        if isinstance(raw_usage, dict):
+            usage, tokens = openai_usage(raw_usage), from_anthropic(raw_usage)
         out = {
             "id": msg.get("id"),
             "object": "chat.completion",

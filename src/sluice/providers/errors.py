@@ -37,17 +37,20 @@ class ProviderError:
     type: str | None = None
     code: str | None = None
     param: str | None = None
-    request_id: str | None = (
-        None  # the provider's id for the failed call (DashScope, Anthropic put it in the body)
-    )
+    # the provider's id for the failed call (DashScope and Anthropic put it in the body)
+    request_id: str | None = None
 
 
 def parse_error_body(raw: bytes) -> ProviderError:
     """Extract message/type/code/param from any known error shape; empty for HTML or garbage."""
     try:
-        body: Any = orjson.loads(raw)
+        return parse_error(orjson.loads(raw))
     except orjson.JSONDecodeError:
         return ProviderError()
+
+
+def parse_error(body: Any) -> ProviderError:
+    """The same, from an already parsed body (an error inside a stream chunk, say)."""
     if isinstance(body, list) and body and isinstance(body[0], dict):
         body = body[0]  # Gemini's OpenAI-compatible endpoint wraps the error in an array
     if not isinstance(body, dict):
@@ -122,7 +125,7 @@ def map_error(provider: str, status: int, headers: Mapping[str, str], raw: bytes
 
 def in_band_error(provider: str, payload: Any) -> SluiceError:
     """An error inside a 200 answer (OpenRouter chunk, Anthropic ``error`` event, an error body)."""
-    parsed = parse_error_body(orjson.dumps(payload))
+    parsed = parse_error(payload)
     code = parsed.code or parsed.type
     if code in ("rate_limit_error", "rate_limit_exceeded"):
         return UpstreamRateLimited(f"Provider {provider!r} rate limited the stream.")

@@ -15,12 +15,28 @@ import orjson
 from sluice.errors import InvalidRequest
 
 # Fields that would let a request choose the upstream host or credentials: always refused.
-FORBIDDEN_FIELDS = frozenset(
-    {"api_base", "base_url", "api_key", "api_version", "custom_llm_provider", "extra_headers", "organization"}
+_UPSTREAM_CHOSEN = "the upstream is chosen by the gateway's configuration, not by the request."
+# OpenRouter's fallback list and routing would make the provider serve another model than the configured
+# one, bypassing the key's model list and the deployment's price. Fallback is declared in our config.
+_MODEL_CHOSEN = (
+    "the models a request may reach are chosen by the gateway's configuration (declare fallbacks there)."
 )
-# Fields that make a provider serve another model than the configured one (OpenRouter's fallback list
-# and routing): that would bypass the key's model list and the deployment's price. Fallback is ours.
-MODEL_OVERRIDE_FIELDS = frozenset({"models", "route"})
+# Fields a request may not send, each with the reason given back.
+FORBIDDEN_FIELDS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "api_base",
+            "base_url",
+            "api_key",
+            "api_version",
+            "custom_llm_provider",
+            "extra_headers",
+            "organization",
+        ),
+        _UPSTREAM_CHOSEN,
+    ),
+    **dict.fromkeys(("models", "route"), _MODEL_CHOSEN),
+}
 MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _TOOL_CHOICE_STRINGS = frozenset({"none", "auto", "required"})
 _RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
@@ -250,21 +266,10 @@ _CHAT_CHECKS: dict[str, Callable[[str, Any], None]] = {
 
 
 def _check_common(body: dict[str, Any]) -> str:
-    for name in FORBIDDEN_FIELDS:
+    for name, reason in FORBIDDEN_FIELDS.items():
         if name in body:
             raise InvalidRequest(
-                f"'{name}' is not accepted: the upstream is chosen by the gateway's configuration, "
-                "not by the request.",
-                param=name,
-                code="forbidden_parameter",
-            )
-    for name in MODEL_OVERRIDE_FIELDS:
-        if name in body:
-            raise InvalidRequest(
-                f"'{name}' is not accepted: the models a request may reach are chosen by the gateway's "
-                "configuration (declare fallbacks there).",
-                param=name,
-                code="forbidden_parameter",
+                f"'{name}' is not accepted: {reason}", param=name, code="forbidden_parameter"
             )
     model = body.get("model")
     if model is None:
