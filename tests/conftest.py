@@ -19,6 +19,7 @@ from sluice.app import create_app
 from sluice.config_file import parse_config
 from sluice.emulator import Emulator
 from sluice.settings import Config
+from tests.servers import postgres_dsn, redis_url  # noqa: F401  (session fixtures, registered here)
 
 # CI has 2 cores shared with real servers: judge properties, not how fast examples are generated.
 settings.register_profile("sluice", deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -37,6 +38,14 @@ DIALECTS: list[tuple[str, str, str, bool]] = [
     ("ollama-chat", "ollama", "llama3.2", True),
     ("vllm-chat", "vllm", "Qwen/Qwen3-8B", True),
 ]
+# Configured prices (USD per million) where genai-prices has none: Qwen on DashScope (published
+# international rates), and the emulator's embedding model on presets that do not sell it.
+CONFIG_PRICES = {
+    ("dashscope", "qwen-plus"): "{input: 0.40, output: 1.20}",
+    ("dashscope", "text-embedding-3-small"): "{input: 0.02, output: 0}",
+    ("openrouter", "text-embedding-3-small"): "{input: 0.02, output: 0}",
+    ("gemini", "text-embedding-3-small"): "{input: 0.02, output: 0}",
+}
 CHAT_ALIASES = [d[0] for d in DIALECTS]
 EMBEDDING_ALIASES = [d[0].replace("-chat", "-embed") for d in DIALECTS if d[3]]
 
@@ -46,6 +55,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _deployment(preset: str, model: str) -> str:
+    price = CONFIG_PRICES.get((preset, model))
+    return f"{{provider: {preset}, model: '{model}'" + (f", price: {price}}}" if price else "}")
 
 
 def config_yaml(emu: Emulator, data_dir: Path, timeouts: str = "") -> str:
@@ -58,12 +72,12 @@ def config_yaml(emu: Emulator, data_dir: Path, timeouts: str = "") -> str:
         )
     lines.append("models:")
     for alias, preset, model, emb in DIALECTS:
-        lines.append(f"  - name: {alias}\n    deployments: [{{provider: {preset}, model: '{model}'}}]")
+        lines.append(f"  - name: {alias}\n    deployments: [{_deployment(preset, model)}]")
         if emb:
             emb_alias = alias.replace("-chat", "-embed")
             lines.append(
                 f"  - name: {emb_alias}\n    mode: embedding\n"
-                f"    deployments: [{{provider: {preset}, model: text-embedding-3-small}}]"
+                f"    deployments: [{_deployment(preset, 'text-embedding-3-small')}]"
             )
     return "\n".join(line.rstrip("\n") for line in lines) + "\n"
 

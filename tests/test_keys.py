@@ -70,7 +70,7 @@ def test_create_use_list_revoke(served: tuple[ServerThread, Path]) -> None:
 def test_keys_are_stored_only_as_digests(served: tuple[ServerThread, Path]) -> None:
     _server, data_dir = served
     key, _id = create(data_dir, "--name", "secret-check")
-    for path in data_dir.iterdir():
+    for path in (p for p in data_dir.rglob("*") if p.is_file()):
         assert key.encode() not in path.read_bytes(), path
         assert key[10:].encode() not in path.read_bytes(), path
     with sqlite3.connect(data_dir / "sluice.db") as db:

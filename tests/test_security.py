@@ -25,13 +25,13 @@ def test_canary_key_never_leaks(emulator: Emulator, tmp_path: Path) -> None:
         for p in ("openai", "deepseek", "openrouter", "anthropic", "gemini", "dashscope")
     )
     models = "".join(
-        f"  - {{name: {p}, deployments: [{{provider: {p}, model: m}}]}}\n"
+        f"  - {{name: {p}, deployments: [{{provider: {p}, model: m, price: {{input: 1, output: 2}}}}]}}\n"
         for p in ("openai", "deepseek", "openrouter", "anthropic", "gemini", "dashscope")
     )
     cfg.write_text(
         f"server: {{data_dir: {tmp_path / 'data'}, log_level: debug, access_log: true}}\n"
         f"providers:\n{providers}models:\n{models}"
-        "  - {name: emb, mode: embedding, deployments: [{provider: openai, model: e}]}\n"
+        "  - {name: emb, mode: embedding, deployments: [{provider: openai, model: e, price: 0}]}\n"
     )
     log = tmp_path / "sluice.log"
     proc = start_sluice(

@@ -8,15 +8,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sluice.accounting import Accounting
 from sluice.api.asgi import SluiceAPI
 from sluice.config_file import resolve_secret
 from sluice.errors import ConfigError
 from sluice.gateway import Gateway
 from sluice.keys.digest import load_server_secret
 from sluice.keys.service import ADMIN_ENV, KeyService
+from sluice.ledger.sink import Ledger
+from sluice.metrics import Metrics
+from sluice.pricebook import load_sheets
 from sluice.providers.presets import PRESETS
-from sluice.routing.table import build_routes
+from sluice.routing.table import Route, build_routes
 from sluice.settings import Config, ProviderSettings
+from sluice.store.ledger_postgres import PostgresLedger
+from sluice.store.ledger_sqlite import SQLiteLedger
 from sluice.store.sqlite import SQLiteStore
 from sluice.upstream import ProviderEndpoint, Upstream
 
@@ -63,12 +69,54 @@ def _endpoint(p: ProviderSettings, environ: Mapping[str, str]) -> ProviderEndpoi
     )
 
 
+def open_ledger(config: Config, environ: Mapping[str, str]) -> Ledger:
+    """The configured ledger backend (not started)."""
+    server = config.server
+    # a pending row is stale once every deadline of every provider has passed, with a margin
+    stale = max((p.timeouts.total for p in config.providers), default=900.0) + 120.0
+    flush = server.ledger_flush_ms / 1000
+    if server.store == "postgres":
+        try:
+            dsn = resolve_secret(server.database_url, environ)
+        except ConfigError as exc:
+            raise ConfigError(f"server.database_url: {exc.message}") from exc
+        if not dsn:
+            raise ConfigError("server.database_url: the referenced variable is empty")
+        return PostgresLedger(dsn, flush_interval=flush, stale_after_s=stale)
+    return SQLiteLedger(Path(server.data_dir) / DB_FILE, flush_interval=flush, stale_after_s=stale)
+
+
+def priced_routes(config: Config) -> dict[str, Route]:
+    """The routing table with every deployment's prices resolved (genai-prices read once, cached)."""
+    pairs = [
+        (prov.preset, dep.model)
+        for model in config.models
+        for dep in model.deployments
+        for prov in config.providers
+        if prov.name == dep.provider
+    ]
+    routes = build_routes(config, load_sheets(pairs, Path(config.server.data_dir)))
+    for route in routes.values():
+        for dep in route.deployments:
+            if not dep.pricer.is_chargeable():
+                log.warning(
+                    "model %r (%s on %s) has no price: requests are refused until the config sets "
+                    "`price` (or `ceiling`) for it",
+                    route.alias,
+                    dep.target.upstream_model,
+                    dep.target.provider,
+                )
+    return routes
+
+
 def create_app(config: Config, environ: Mapping[str, str], services: Services | None = None) -> SluiceAPI:
     """Build the ASGI app for a validated config."""
     svc = services or open_services(config, environ)
     endpoints = {p.name: _endpoint(p, environ) for p in config.providers}
     upstream = Upstream(endpoints)
-    gateway = Gateway(build_routes(config), upstream)
+    ledger = open_ledger(config, environ)
+    gateway = Gateway(priced_routes(config), upstream, ledger)
+    accounting = Accounting(ledger, Metrics())
 
     async def ready() -> dict[str, bool]:
         try:
@@ -80,5 +128,15 @@ def create_app(config: Config, environ: Mapping[str, str], services: Services | 
 
     async def shutdown() -> None:
         await upstream.close()
+        await ledger.close()
 
-    return SluiceAPI(gateway, svc.keys, config.server.max_body_bytes, ready, shutdown)
+    return SluiceAPI(
+        gateway,
+        svc.keys,
+        config.server.max_body_bytes,
+        ready,
+        shutdown,
+        accounting,
+        on_startup=ledger.start,
+        public_metrics=config.server.public_metrics,
+    )

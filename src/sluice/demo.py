@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sluice.providers.presets import PRESETS
+from sluice.providers.presets import PRESETS, DemoModel
 from sluice.settings import Config, ServerSettings, env_overrides
 
 EMULATOR_KEY = "sk-emulator-not-a-secret"  # the emulator wants some key; it is not a credential
@@ -54,8 +54,15 @@ def demo_config(
         else:
             continue
         models += [
-            {"name": m.alias, "mode": m.mode, "deployments": [{"provider": name, "model": m.upstream}]}
+            {"name": m.alias, "mode": m.mode, "deployments": [_deployment(name, m)]}
             for m in preset.demo_models
         ]
     server = env_overrides(ServerSettings, dict(env))
     return Config.model_validate({"server": server, "providers": providers, "models": models})
+
+
+def _deployment(provider: str, model: DemoModel) -> dict[str, Any]:
+    dep: dict[str, Any] = {"provider": provider, "model": model.upstream}
+    if model.price is not None:  # published list price (Alibaba international; see docs/providers.md)
+        dep["price"] = {"input": model.price[0], "output": model.price[1]}
+    return dep

@@ -1,8 +1,9 @@
 """One request's life after the HTTP edge: route → translate → upstream → relay.
 
 The HTTP surface (``sluice.api``) authenticates and validates; this module turns a validated request
-and its route into an upstream call and an answer in OpenAI's shape. Budgets, the ledger and fallback
-plug in here in later stages.
+and its route into an upstream call and an answer in OpenAI's shape. Before a provider is called the
+request's ledger entry is opened (a pending row: a request that may reach a provider is never missing
+from the ledger); ``sluice.accounting`` settles it. Budgets and fallback plug in here in later stages.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ import base64
 import functools
 import logging
 import sys
+import time
 from array import array
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import orjson
 
-from sluice.errors import InvalidRequest, ModelNotFound, SluiceError, UpstreamError
+from sluice.errors import InvalidRequest, ModelNotFound, ModelUnpriced, SluiceError, UpstreamError
+from sluice.ledger.entry import Entry, usd_text
+from sluice.ledger.sink import Ledger
+from sluice.pricing.cost import Charge
 from sluice.pricing.usage import TokenUsage, from_embeddings
 from sluice.providers.base import StreamTranslator, Target
 from sluice.providers.errors import parse_error_body
@@ -51,7 +56,9 @@ class StreamReply:
     _resp: UpstreamResponse
     _deployment: Deployment
     _translator: StreamTranslator
+    _entry: Entry
     _events: AsyncGenerator[list[Event], None] | None = None
+    charge: Charge | None = None  # priced when the stream finished with usage
     _pending: list[bytes] = field(default_factory=list)
     _error: SluiceError | None = None
 
@@ -64,6 +71,10 @@ class StreamReply:
     def tokens(self) -> TokenUsage | None:
         """The usage the provider reported so far, normalised for pricing (None if it never said)."""
         return self._translator.tokens()
+
+    def delivered(self) -> int:
+        """Estimated output tokens sent to the client so far."""
+        return self._translator.delivered()
 
     def _translate(self, events: list[Event]) -> list[bytes]:
         """Frames for a batch of events; an error keeps the frames before it (raised after them)."""
@@ -118,7 +129,10 @@ class StreamReply:
             raise UpstreamError(
                 f"Provider {self._deployment.target.provider!r} ended the stream before it was complete."
             )
-        yield b"".join(translator.finish())
+        tokens = translator.tokens()
+        if tokens is not None:  # priced now, so the final usage chunk can carry the cost
+            self.charge = self._deployment.pricer.charge(tokens, self._entry.arrived())
+        yield b"".join(translator.finish(usd_text(self.charge.nanos) if self.charge else None))
 
     async def close(self, *, error: bool = False) -> None:
         """Release (or, after an error or disconnect, drop) the upstream connection."""
@@ -149,12 +163,32 @@ def _meta_headers(t: Target) -> list[tuple[bytes, bytes]]:
     ]
 
 
+def _since(t0: int) -> int:
+    return (time.perf_counter_ns() - t0) // 1000
+
+
 class Gateway:
     """The request life for chat completions and embeddings."""
 
-    def __init__(self, routes: dict[str, Route], upstream: Upstream) -> None:
+    def __init__(self, routes: dict[str, Route], upstream: Upstream, ledger: Ledger) -> None:
         self.routes = routes
         self._upstream = upstream
+        self._ledger = ledger
+
+    def _admit(self, route: Route, entry: Entry) -> Deployment:
+        """Choose the deployment, refuse an unpriced one, and open the ledger row before calling it."""
+        dep = route.deployments[0]
+        if not dep.pricer.is_chargeable():
+            raise ModelUnpriced(
+                f"The model '{route.alias}' has no known price; the operator must configure one (or a "
+                "ceiling) before it can be used.",
+                param="model",
+            )
+        entry.provider = dep.target.provider
+        entry.model = dep.target.upstream_model
+        entry.pricer = dep.pricer
+        self._ledger.open(entry)
+        return dep
 
     def route(self, model: str, mode: str) -> Route:
         """The route for a public model name, checked against the endpoint's mode."""
@@ -186,11 +220,16 @@ class Gateway:
         )
         return err
 
-    async def chat(self, req: ChatRequest, route: Route) -> Reply:
+    async def chat(self, req: ChatRequest, route: Route, entry: Entry) -> Reply:
         """A non-stream chat completion."""
-        dep = route.deployments[0]
+        dep = self._admit(route, entry)
         call = dep.adapter.chat_call(req, dep.target)
-        got = await self._upstream.fetch(dep.target.provider, call)
+        t0 = time.perf_counter_ns()
+        try:
+            got = await self._upstream.fetch(dep.target.provider, call)
+        finally:
+            entry.upstream_us = _since(t0)
+        entry.upstream_status = got.status
         if got.status != 200:
             raise self._failed(dep, got.status, got.headers, got.body)
         try:
@@ -199,12 +238,18 @@ class Gateway:
             raise _unusable(dep) from exc
         return Reply(out.body, _meta_headers(dep.target), out.tokens)
 
-    async def chat_stream(self, req: ChatRequest, route: Route) -> StreamReply:
+    async def chat_stream(self, req: ChatRequest, route: Route, entry: Entry) -> StreamReply:
         """Open a stream: returns once the provider has answered with a 200 event stream."""
-        dep = route.deployments[0]
+        dep = self._admit(route, entry)
         call = dep.adapter.chat_call(req, dep.target)
-        resp = await self._upstream.open_stream(dep.target.provider, call)
-        reply = StreamReply(_meta_headers(dep.target), resp, dep, dep.adapter.chat_stream(req, dep.target))
+        t0 = time.perf_counter_ns()
+        try:
+            resp = await self._upstream.open_stream(dep.target.provider, call)
+        finally:
+            entry.upstream_us = _since(t0)
+        entry.upstream_status = resp.status
+        translator = dep.adapter.chat_stream(req, dep.target)
+        reply = StreamReply(_meta_headers(dep.target), resp, dep, translator, entry)
         try:
             if resp.status != 200:
                 raise self._failed(dep, resp.status, resp.headers, await resp.error_body())
@@ -216,13 +261,20 @@ class Gateway:
         except BaseException:
             await reply.close(error=True)
             raise
+        finally:
+            entry.upstream_us = _since(t0)
         return reply
 
-    async def embeddings(self, req: EmbeddingRequest, route: Route) -> Reply:
+    async def embeddings(self, req: EmbeddingRequest, route: Route, entry: Entry) -> Reply:
         """Embeddings, fetched as floats and encoded as base64 here when the client asked for it."""
-        dep = route.deployments[0]
+        dep = self._admit(route, entry)
         call = dep.adapter.embeddings_call(req, dep.target)
-        got = await self._upstream.fetch(dep.target.provider, call)
+        t0 = time.perf_counter_ns()
+        try:
+            got = await self._upstream.fetch(dep.target.provider, call)
+        finally:
+            entry.upstream_us = _since(t0)
+        entry.upstream_status = got.status
         if got.status != 200:
             raise self._failed(dep, got.status, got.headers, got.body)
         try:

@@ -7,6 +7,7 @@ Environment variables (where a field names one) override the file.
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -57,6 +58,34 @@ class ServerSettings(_Strict):
         "info", "Log level.", "SLUICE_LOG_LEVEL"
     )
     access_log: bool = setting(False, "Log one line per request (costs throughput).", "SLUICE_ACCESS_LOG")
+    store: Literal["sqlite", "postgres"] = setting(
+        "sqlite",
+        "Where the ledger lives: the embedded SQLite file in data_dir, or PostgreSQL (`database_url`).",
+        "SLUICE_STORE",
+    )
+    database_url: str | None = setting(
+        None,
+        "PostgreSQL URL for `store: postgres`, as a secret reference (`env:NAME`) or a literal URL.",
+        "SLUICE_DATABASE_URL",
+    )
+    ledger_flush_ms: int = setting(
+        50,
+        "Group commit window for ledger rows, in milliseconds: rows that arrive within it share one write.",
+        "SLUICE_LEDGER_FLUSH_MS",
+        ge=1,
+        le=5000,
+    )
+    public_metrics: bool = setting(
+        False,
+        "Serve /metrics without the admin key (for a scraper on a private network).",
+        "SLUICE_PUBLIC_METRICS",
+    )
+
+    @model_validator(mode="after")
+    def _postgres_needs_url(self) -> ServerSettings:
+        if self.store == "postgres" and not self.database_url:
+            raise ValueError("store: postgres needs database_url (e.g. env:SLUICE_DATABASE_URL)")
+        return self
 
 
 class Timeouts(_Strict):
@@ -116,6 +145,22 @@ class ProviderSettings(_Strict):
         return self
 
 
+def _usd(help_text: str, default: Any = None) -> Any:
+    return setting(default, help_text, ge=0, allow_inf_nan=False, max_digits=24)
+
+
+class PriceSettings(_Strict):
+    """A price in USD per million tokens (web searches: per thousand calls). Unset cache rates default to
+    the input rate (DashScope/Qwen: cached input at 40 % of it)."""
+
+    input: Decimal = _usd("USD per million input tokens.", ...)
+    output: Decimal = _usd("USD per million output tokens (0 for embeddings).", ...)
+    cache_read: Decimal | None = _usd("USD per million cached input tokens read.")
+    cache_write: Decimal | None = _usd("USD per million tokens written to the prompt cache (5-minute).")
+    cache_write_1h: Decimal | None = _usd("USD per million tokens written to the 1-hour prompt cache.")
+    web_search: Decimal | None = _usd("USD per thousand web-search calls.")
+
+
 class DeploymentSettings(_Strict):
     """Where an alias is served: a provider and the model name that provider uses."""
 
@@ -126,6 +171,15 @@ class DeploymentSettings(_Strict):
         "Output cap injected when a request sets none (so the worst case is bounded); also Anthropic's "
         "required max_tokens.",
         ge=1,
+    )
+    price: PriceSettings | Literal[0] | None = setting(
+        None,
+        "Price for this deployment, overriding genai-prices' bundled data. `price: 0` means free, "
+        "explicitly; a model with no price at all is refused unless it has a ceiling.",
+    )
+    ceiling: PriceSettings | None = setting(
+        None,
+        "Charged (and flagged in the ledger) when no price is known for the model, instead of refusing it.",
     )
 
 
@@ -169,6 +223,7 @@ SECTIONS: tuple[type[BaseModel], ...] = (
     Timeouts,
     ModelSettings,
     DeploymentSettings,
+    PriceSettings,
     EmulatorSettings,
 )
 

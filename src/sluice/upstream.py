@@ -150,7 +150,7 @@ def _transport_errors(provider: str) -> Iterator[None]:
     except TimeoutError as exc:
         raise UpstreamTimeout(f"Provider {provider!r} did not answer in time.") from exc
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamError(f"Cannot connect to provider {provider!r}.") from exc
+        raise UpstreamError(f"Cannot connect to provider {provider!r}.", code="upstream_unreachable") from exc
     except aiohttp.ClientError as exc:
         raise UpstreamError(f"Provider {provider!r} broke the connection.") from exc
 

@@ -16,7 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sluice.errors import ModelUnpriced
-from sluice.pricing.cost import Pricer, Rates, to_nanos
+from sluice.pricing.cost import Pricer, to_nanos
+from sluice.pricing.extract import sheet_for
+from sluice.pricing.sheet import Rates
 from sluice.pricing.usage import TokenUsage
 
 TUESDAY_PEAK = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
@@ -27,10 +29,15 @@ MONDAY_PEAK = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
 M = 1_000_000
 
 
+def bundled(preset: str, model: str) -> Pricer:
+    """A pricer with genai-prices' sheet, as the server builds it at startup."""
+    return Pricer(preset, model, sheet=sheet_for(preset, model))
+
+
 def test_openai_cached_tokens_at_the_cached_rate() -> None:
     # 600 x 0.15 + 400 x 0.075 + 50 x 0.60 = 150 µ$ → 150,000 n$ (cached not billed twice: Bifrost #904)
     usage = TokenUsage(input_tokens=1000, cache_read_tokens=400, output_tokens=50)
-    charge = Pricer("openai", "gpt-4o-mini").charge(usage, TUESDAY_PEAK)
+    charge = bundled("openai", "gpt-4o-mini").charge(usage, TUESDAY_PEAK)
     assert charge.nanos == 150_000
     assert charge.source.startswith("genai-prices ")
 
@@ -47,13 +54,13 @@ def test_openai_cached_tokens_at_the_cached_rate() -> None:
 )
 def test_deepseek_peak_and_weekends(at: datetime, nanos: int) -> None:
     usage = TokenUsage(input_tokens=M, cache_read_tokens=200_000, output_tokens=M)
-    assert Pricer("deepseek", "deepseek-flash").charge(usage, at).nanos == nanos
+    assert bundled("deepseek", "deepseek-flash").charge(usage, at).nanos == nanos
 
 
 def test_anthropic_cache_writes_5m_and_1h() -> None:
     # 70k x 3.75 + 30k x 6.00 = 0.4425 $ (no uncached input, no output)
     usage = TokenUsage(input_tokens=100_000, cache_write_tokens=100_000, cache_write_1h_tokens=30_000)
-    assert Pricer("anthropic", "claude-sonnet-4-5").charge(usage, TUESDAY_PEAK).nanos == 442_500_000
+    assert bundled("anthropic", "claude-sonnet-4-5").charge(usage, TUESDAY_PEAK).nanos == 442_500_000
 
 
 def test_provider_billed_cost_wins() -> None:
@@ -72,7 +79,7 @@ def test_qwen_cached_input_defaults_to_40_percent() -> None:
 
 def test_embeddings_and_tiny_prices_never_round_to_zero() -> None:
     one = TokenUsage(input_tokens=1)
-    assert Pricer("openai", "text-embedding-3-small").charge(one, TUESDAY_PEAK).nanos == 20  # 0.02 µ$
+    assert bundled("openai", "text-embedding-3-small").charge(one, TUESDAY_PEAK).nanos == 20  # 0.02 µ$
     tiny = Pricer("openai_compatible", "m", rates=Rates(Decimal("0.0001"), Decimal(0)))
     assert tiny.charge(one, TUESDAY_PEAK).nanos == 1  # 0.1 n$ rounds up, never to 0
     assert to_nanos(Decimal("1e-30")) == 1

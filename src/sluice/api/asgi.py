@@ -16,14 +16,17 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 
+from sluice.accounting import Accounting
 from sluice.api.errors import envelope, error_body, error_frame, error_headers
 from sluice.errors import (
     InvalidRequest,
     MethodNotAllowed,
     ModelNotFound,
+    ModelUnpriced,
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
@@ -31,7 +34,13 @@ from sluice.errors import (
     SluiceError,
 )
 from sluice.gateway import Gateway, Reply, StreamReply
+from sluice.keys.policy import attribute
 from sluice.keys.service import KeyService, Principal
+from sluice.ledger.entry import CUT, DISCONNECTED, ERROR, INTERRUPTED, OK, REFUSED, Entry, usd_text
+from sluice.ledger.sink import Content
+from sluice.ledger.spend import spend_report
+from sluice.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from sluice.metrics import Metrics
 from sluice.routing.table import Route
 from sluice.wire.requests import parse_json_object, validate_chat, validate_embeddings
 
@@ -62,6 +71,10 @@ class Request:
     request_id: bytes
     token: str | None
     content_length: int | None
+    arrived_ns: int
+    feature: str | None = None  # x-sluice-feature
+    tags: str | None = None  # x-sluice-tags
+    user: str | None = None  # x-sluice-user
     started: bool = False
 
 
@@ -119,9 +132,17 @@ class SluiceAPI:
         max_body_bytes: int,
         ready: Callable[[], Awaitable[dict[str, bool]]],
         on_shutdown: Callable[[], Awaitable[None]],
+        accounting: Accounting,
+        *,
+        on_startup: Callable[[], Awaitable[None]] | None = None,
+        public_metrics: bool = False,
     ) -> None:
         self.gateway = gateway
         self.keys = keys
+        self.accounting = accounting
+        self.metrics: Metrics = accounting.metrics
+        self.public_metrics = public_metrics
+        self._on_startup = on_startup
         self.max_body_bytes = max_body_bytes
         self._ready = ready
         self._on_shutdown = on_shutdown
@@ -138,6 +159,8 @@ class SluiceAPI:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self._on_startup is not None:
+                    await self._on_startup()
                 # Everything alive now (modules, config, routes) lives as long as the process: move it out
                 # of the collector's sight, or every full collection re-scans it on the hot path.
                 gc.collect()
@@ -149,9 +172,11 @@ class SluiceAPI:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        arrived = time.perf_counter_ns()
         token: str | None = None
         length: int | None = None
         forbidden: bytes | None = None
+        ours: dict[bytes, str] = {}
         for name, value in scope["headers"]:
             if name == b"authorization":
                 if value[:7].lower() == b"bearer ":
@@ -160,9 +185,22 @@ class SluiceAPI:
                 token = token or value.strip().decode("latin-1")
             elif name == b"content-length":
                 length = int(value) if value.isdigit() else None
+            elif name.startswith(b"x-sluice-"):
+                ours[name] = value.decode("utf-8", "replace")
             elif (b"base" in name or b"upstream" in name) and any(p in name for p in _FORBIDDEN_HEADER_PARTS):
                 forbidden = name
-        req = Request(scope, receive, send, b"req_" + os.urandom(12).hex().encode(), token, length)
+        req = Request(
+            scope,
+            receive,
+            send,
+            b"req_" + os.urandom(12).hex().encode(),
+            token,
+            length,
+            arrived,
+            ours.get(b"x-sluice-feature"),
+            ours.get(b"x-sluice-tags"),
+            ours.get(b"x-sluice-user"),
+        )
         try:
             if forbidden is not None:
                 raise InvalidRequest(
@@ -249,32 +287,74 @@ class SluiceAPI:
 
     # --- handlers -------------------------------------------------------------------------------
 
+    def _begin(
+        self,
+        req: Request,
+        principal: Principal,
+        endpoint: str,
+        route: Route,
+        stream: bool,
+        body: dict[str, Any],
+        size: int,
+    ) -> Entry:
+        """Attribute the request (feature, tags, user; validated per key) and open its ledger entry."""
+        who = attribute(principal.policy, body, req.feature, req.tags, req.user)
+        return self.accounting.begin(
+            req.request_id.decode(), principal, endpoint, route.alias, stream, who, size, req.arrived_ns
+        )
+
+    def _failed(self, entry: Entry, err: SluiceError) -> None:
+        """Settle a request that failed before any answer reached the client."""
+        status = REFUSED if isinstance(err, ModelUnpriced) else ERROR
+        self.accounting.settle(entry, status, err.status, error=err)
+
     async def _chat(self, req: Request) -> None:
         principal = await self._auth(req)
-        chat = validate_chat(parse_json_object(await self._read_body(req)))
+        raw = await self._read_body(req)
+        chat = validate_chat(parse_json_object(raw))
         self._allowed(principal, chat.model)
         route = self.gateway.route(chat.model, "chat")
+        entry = self._begin(req, principal, "chat", route, chat.stream, chat.body, len(raw))
+        keep = raw if principal.policy.log_content else None
         if chat.stream:
-            await self._relay(req, lambda: self.gateway.chat_stream(chat, route))
+            await self._relay(req, entry, keep, lambda: self.gateway.chat_stream(chat, route, entry))
         else:
-            await self._complete(req, lambda: self.gateway.chat(chat, route))
+            await self._complete(req, entry, keep, lambda: self.gateway.chat(chat, route, entry))
 
-    async def _complete(self, req: Request, call: Callable[[], Awaitable[Reply]]) -> None:
+    async def _complete(
+        self, req: Request, entry: Entry, keep: bytes | None, call: Callable[[], Awaitable[Reply]]
+    ) -> None:
         """Send a complete answer; if the client leaves while it is computed, stop the upstream call."""
         watch = _DisconnectWatch(req.receive)
         try:
             reply = await call()
         except asyncio.CancelledError:
-            if not watch.client_left():
+            left = watch.client_left()
+            entry.client_disconnected = left
+            self.accounting.settle(entry, DISCONNECTED if left else INTERRUPTED, 499 if left else 503)
+            if not left:
                 raise
             log.info("client disconnected before the answer request_id=%s", req.request_id.decode())
             return
+        except SluiceError as err:
+            self._failed(entry, err)
+            raise
+        except Exception:
+            self.accounting.settle(entry, ERROR, 500, error=SluiceError("internal error"))
+            raise
         finally:
             await watch.stop()
-        await self._respond(req, 200, reply.body, self._headers(req, reply.headers, JSON_HEADERS))
+        content = Content(entry.request_id, keep, reply.body) if keep is not None else None
+        # used only if the provider sent no usage: a guess from the answer's size that errs high
+        body_tokens = -(-len(reply.body) // 4) if entry.endpoint == "chat" else 0
+        self.accounting.settle(entry, OK, 200, tokens=reply.tokens, delivered=body_tokens, content=content)
+        cost = (b"x-sluice-cost-usd", usd_text(entry.cost_nanos).encode())
+        await self._respond(req, 200, reply.body, self._headers(req, [*reply.headers, cost], JSON_HEADERS))
 
-    async def _relay(self, req: Request, opener: Callable[[], Awaitable[StreamReply]]) -> None:
-        """Open a stream and send it to the client.
+    async def _relay(
+        self, req: Request, entry: Entry, keep: bytes | None, opener: Callable[[], Awaitable[StreamReply]]
+    ) -> None:
+        """Open a stream and send it to the client, then settle it, whatever happened.
 
         The client leaving — while the stream is still being opened, or mid-stream — cancels this
         task, which closes the upstream request. A client too slow to take a chunk
@@ -282,6 +362,7 @@ class SluiceAPI:
         """
         watch = _DisconnectWatch(req.receive)
         stream: StreamReply | None = None
+        sent: list[bytes] | None = [] if keep is not None else None
         failed = False
         try:
             stream = await opener()
@@ -291,34 +372,71 @@ class SluiceAPI:
             async for frames in stream.frames():
                 async with asyncio.timeout(stream.client_idle):
                     await req.send({"type": "http.response.body", "body": frames, "more_body": True})
+                if entry.ttft_us is None:
+                    entry.ttft_us = (time.perf_counter_ns() - entry.started_ns) // 1000
+                if sent is not None:
+                    sent.append(frames)
             watch.ending = True
             await req.send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             failed = True
-            if not watch.client_left():
+            left = watch.client_left()
+            entry.client_disconnected = left
+            self._unfinished(entry, stream, DISCONNECTED if left else INTERRUPTED, 499 if left else 503)
+            if not left:
                 raise
             log.info("client disconnected mid-stream request_id=%s", req.request_id.decode())
         except TimeoutError:
             failed = True
+            entry.client_disconnected = True
+            self._unfinished(entry, stream, DISCONNECTED, 408)
             log.warning("client too slow to read the stream request_id=%s", req.request_id.decode())
         except SluiceError as err:
             failed = True
             if not req.started:
+                self._failed(entry, err)
                 raise  # nothing sent yet: the caller renders a normal error response
+            self._unfinished(entry, stream, CUT, 200, err)
             watch.ending = True
             log.warning("stream failed request_id=%s code=%s", req.request_id.decode(), err.code)
             await self._send_error(req, err)
+        except Exception:
+            failed = True
+            self._unfinished(entry, stream, ERROR, 500, SluiceError("internal error"))
+            raise
         finally:
             await watch.stop()
             if stream is not None:
                 await stream.close(error=failed)
+        if not failed and stream is not None:
+            content = Content(entry.request_id, keep, b"".join(sent)) if keep is not None and sent else None
+            self.accounting.settle(
+                entry,
+                OK,
+                200,
+                tokens=stream.tokens,
+                delivered=stream.delivered(),
+                charge=stream.charge,
+                content=content,
+            )
+
+    def _unfinished(
+        self, entry: Entry, stream: StreamReply | None, status: str, http: int, err: SluiceError | None = None
+    ) -> None:
+        """Settle a stream that did not finish: priced from what was reported and delivered."""
+        tokens = stream.tokens if stream is not None else None
+        delivered = stream.delivered() if stream is not None else 0
+        self.accounting.settle(entry, status, http, error=err, tokens=tokens, delivered=delivered)
 
     async def _embeddings(self, req: Request) -> None:
         principal = await self._auth(req)
-        emb = validate_embeddings(parse_json_object(await self._read_body(req)))
+        raw = await self._read_body(req)
+        emb = validate_embeddings(parse_json_object(raw))
         self._allowed(principal, emb.model)
         route = self.gateway.route(emb.model, "embedding")
-        await self._complete(req, lambda: self.gateway.embeddings(emb, route))
+        entry = self._begin(req, principal, "embeddings", route, False, emb.body, len(raw))
+        keep = raw if principal.policy.log_content else None
+        await self._complete(req, entry, keep, lambda: self.gateway.embeddings(emb, route, entry))
 
     def _model_card(self, route: Route) -> dict[str, Any]:
         return {"id": route.alias, "object": "model", "created": self._created, "owned_by": route.owned_by}
@@ -345,6 +463,33 @@ class SluiceAPI:
             req, 200, orjson.dumps(self._model_card(route)), self._headers(req, [], JSON_HEADERS)
         )
 
+    async def _admin(self, req: Request) -> Principal:
+        principal = await self._auth(req)
+        if not principal.is_admin:
+            raise PermissionDenied("This endpoint needs the admin key.")
+        return principal
+
+    async def _metrics(self, req: Request) -> None:
+        if not self.public_metrics:
+            await self._admin(req)
+        body = self.metrics.render()
+        await self._respond(req, 200, body, [(b"content-type", METRICS_CONTENT_TYPE)])
+
+    async def _spend(self, req: Request) -> None:
+        await self._admin(req)
+        query = parse_qs(req.scope.get("query_string", b"").decode("latin-1"))
+        report = await spend_report(
+            self.accounting.ledger,
+            by=query.get("by", ["feature"])[0],
+            since=query.get("since", [None])[0],
+            until=query.get("until", [None])[0],
+            top=_int_param(query.get("top", [None])[0], "top"),
+        )
+        if query.get("format", ["json"])[0] == "csv":
+            await self._respond(req, 200, report.to_csv().encode(), [(b"content-type", b"text/csv")])
+        else:
+            await self._respond(req, 200, report.to_json(), self._headers(req, [], JSON_HEADERS))
+
     async def _healthz(self, req: Request) -> None:
         await self._respond(req, 200, b'{"status":"ok"}', JSON_HEADERS)
 
@@ -368,4 +513,14 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/v1/models": {"GET": SluiceAPI._list_models},
     "/healthz": {"GET": SluiceAPI._healthz, "HEAD": SluiceAPI._healthz},
     "/readyz": {"GET": SluiceAPI._readyz, "HEAD": SluiceAPI._readyz},
+    "/metrics": {"GET": SluiceAPI._metrics},
+    "/admin/spend": {"GET": SluiceAPI._spend},
 }
+
+
+def _int_param(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise InvalidRequest(f"'{name}' must be a positive integer.", param=name)
+    return int(value)

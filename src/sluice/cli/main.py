@@ -1,4 +1,4 @@
-"""The ``sluice`` command: serve, emulate, config check/docs, keys."""
+"""The ``sluice`` command: serve, emulate, config check/docs, keys, spend."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ from pydantic import ValidationError
 
 from sluice import __version__
 from sluice.app import Services, create_app, open_services
+from sluice.cli.spend import spend
 from sluice.config_file import LoadedConfig, load_config, parse_config, render_docs
 from sluice.demo import DEMO_PRESETS, demo_config, real_presets
 from sluice.emulator import Emulator, flavor_url
 from sluice.errors import ConfigError
+from sluice.keys.policy import KeyPolicy
 from sluice.keys.service import ADMIN_ENV
 from sluice.settings import Config, ServerSettings
 
@@ -252,12 +254,34 @@ _data_opt = click.option("--data-dir", help="State directory (default ./.sluice)
 @keys.command("create")
 @click.option("--name", required=True, help="A name for the key (who or what uses it).")
 @click.option("--model", "models", multiple=True, help="Allowed model (repeat); default: all models.")
+@click.option("--team", help="Team or project the key's spend is attributed to.")
+@click.option("--feature", "features", multiple=True, help="Allowed feature tag (repeat); default: any.")
+@click.option("--require-feature", is_flag=True, help="Refuse requests without a feature tag.")
+@click.option("--tag", "tags", multiple=True, help="Allowed tag key or key=value (repeat); default: any.")
+@click.option("--log-content", is_flag=True, help="Store prompts and answers in the ledger for this key.")
 @_config_opt
 @_data_opt
-def keys_create(name: str, models: tuple[str, ...], config_path: str | None, data_dir: str | None) -> None:
+def keys_create(
+    name: str,
+    models: tuple[str, ...],
+    team: str | None,
+    features: tuple[str, ...],
+    require_feature: bool,
+    tags: tuple[str, ...],
+    log_content: bool,
+    config_path: str | None,
+    data_dir: str | None,
+) -> None:
     """Create a key; it is shown once and stored only as a digest."""
     svc = _key_services(config_path, data_dir)
-    key, row = svc.keys.create(name, models or None)
+    policy = KeyPolicy(
+        team=team,
+        features=frozenset(features) if features else None,
+        tags=frozenset(tags) if tags else None,
+        require_feature=require_feature,
+        log_content=log_content,
+    )
+    key, row = svc.keys.create(name, models or None, policy)
     click.echo(f"id:   {row.id}\nname: {row.name}\nkey:  {key}\n(shown once; store it now)")
 
 
@@ -297,3 +321,6 @@ def keys_reset_admin(config_path: str | None, data_dir: str | None) -> None:
     """Replace the stored admin key and print the new one once."""
     svc = _key_services(config_path, data_dir)
     click.echo(svc.keys.reset_admin_key())
+
+
+main.add_command(spend)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from sluice.errors import AuthenticationFailed
 from sluice.keys.digest import KEY_SHAPE, digest, hint, new_key
+from sluice.keys.policy import OPEN, KeyPolicy
 from sluice.store.sqlite import KeyRow, SQLiteStore
 
 ADMIN_DIGEST = "admin_key_digest"
@@ -31,6 +32,7 @@ class Principal:
     name: str
     is_admin: bool
     models: frozenset[str] | None
+    policy: KeyPolicy = OPEN
 
 
 ADMIN = Principal("admin", "admin", is_admin=True, models=None)
@@ -70,7 +72,9 @@ class KeyService:
         self._store.set_meta(ADMIN_DIGEST, digest(self._secret, key))
         return key
 
-    def create(self, name: str, models: tuple[str, ...] | None = None) -> tuple[str, KeyRow]:
+    def create(
+        self, name: str, models: tuple[str, ...] | None = None, policy: KeyPolicy = OPEN
+    ) -> tuple[str, KeyRow]:
         """Create a virtual key; the key itself is returned here and never again."""
         key = new_key()
         row = KeyRow(
@@ -81,6 +85,7 @@ class KeyService:
             models=models,
             created_at=int(time.time()),
             revoked_at=None,
+            policy=policy,
         )
         self._store.insert_key(row)
         return key, row
@@ -96,7 +101,7 @@ class KeyService:
         if row is None or row.revoked_at is not None:
             return None
         models = frozenset(row.models) if row.models is not None else None
-        return Principal(row.id, row.name, is_admin=False, models=models)
+        return Principal(row.id, row.name, is_admin=False, models=models, policy=row.policy)
 
     async def authenticate(self, key: str | None) -> Principal:
         """The principal for a presented key, or ``AuthenticationFailed`` (same message for every failure)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -114,3 +114,20 @@ def from_anthropic(usage: Mapping[str, Any]) -> TokenUsage:
 def from_embeddings(usage: Mapping[str, Any]) -> TokenUsage:
     """Embeddings bill input only."""
     return TokenUsage(input_tokens=_count(usage.get("prompt_tokens")) or _count(usage.get("total_tokens")))
+
+
+def estimate_tokens(chars: int, pieces: int) -> int:
+    """Tokens in ``chars`` characters of text that arrived in ``pieces`` deltas: providers stream about one
+    token per delta, and English runs about four characters per token; the larger guess wins."""
+    return max(pieces, -(-chars // 4))
+
+
+def estimated(reported: TokenUsage | None, input_estimate: int, output_delivered: int) -> TokenUsage:
+    """Usage for a request that did not finish: what the provider reported, else our estimates."""
+    if reported is None:
+        return TokenUsage(input_tokens=input_estimate, output_tokens=output_delivered)
+    return replace(
+        reported,
+        input_tokens=reported.input_tokens or input_estimate,
+        output_tokens=max(reported.output_tokens, output_delivered),
+    )

@@ -16,9 +16,10 @@ from typing import Any
 import orjson
 
 from sluice.errors import InvalidRequest, SluiceError, UpstreamError
-from sluice.pricing.usage import TokenUsage, from_anthropic
+from sluice.pricing.usage import TokenUsage, estimate_tokens, from_anthropic
 from sluice.providers.base import Target, Translated, UpstreamCall
 from sluice.providers.errors import in_band_error, map_error
+from sluice.providers.openai import with_cost
 from sluice.wire.requests import ChatRequest, EmbeddingRequest
 from sluice.wire.sse import DONE_FRAME, Event, data_frame
 
@@ -315,10 +316,12 @@ class AnthropicStream:
     """Translate one Anthropic event stream into chat completion chunks."""
 
     __slots__ = (
+        "_chars",
         "_created",
         "_id",
         "_include_usage",
         "_model",
+        "_pieces",
         "_provider",
         "_raw_usage",
         "_tools",
@@ -338,6 +341,8 @@ class AnthropicStream:
         self.usage: dict[str, Any] | None = None
         self.done = False
         self.started = False
+        self._chars = 0  # text delivered (text, thinking, tool input), for estimates
+        self._pieces = 0
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         chunk: dict[str, Any] = {
@@ -408,6 +413,10 @@ class AnthropicStream:
     def _delta(self, payload: dict[str, Any]) -> list[bytes]:
         delta = payload.get("delta") or {}
         kind = delta.get("type")
+        text = delta.get("text") or delta.get("partial_json") or delta.get("thinking")
+        if isinstance(text, str) and text:
+            self._chars += len(text)
+            self._pieces += 1
         if kind == "text_delta":
             return [self._chunk({"content": delta.get("text", "")})]
         if kind == "input_json_delta":
@@ -425,8 +434,12 @@ class AnthropicStream:
         """The usage reported so far (message_start, then message_delta's cumulative counts), normalised."""
         return from_anthropic(self._raw_usage) if self._raw_usage else None
 
-    def finish(self) -> list[bytes]:
-        """The usage chunk (if asked) and ``[DONE]``."""
+    def delivered(self) -> int:
+        """Estimated output tokens delivered so far."""
+        return estimate_tokens(self._chars, self._pieces)
+
+    def finish(self, cost: str | None = None) -> list[bytes]:
+        """The usage chunk (if asked, with our cost) and ``[DONE]``."""
         if self._include_usage and self.usage is not None:
             chunk = {
                 "id": self._id,
@@ -435,7 +448,7 @@ class AnthropicStream:
                 "model": self._model,
                 "system_fingerprint": None,
                 "choices": [],
-                "usage": self.usage,
+                "usage": with_cost(self.usage, cost),
             }
             return [data_frame(chunk), DONE_FRAME]
         return [DONE_FRAME]

@@ -57,8 +57,13 @@ class StreamTranslator(Protocol):
         """The usage reported so far, normalised (None if the provider never said)."""
         ...
 
-    def finish(self) -> list[bytes]:
-        """Frames that close a stream that ended cleanly (usage chunk if asked, then ``[DONE]``)."""
+    def delivered(self) -> int:
+        """Estimated output tokens sent to the client so far (to price a stream that never finished)."""
+        ...
+
+    def finish(self, cost: str | None = None) -> list[bytes]:
+        """Frames that close a stream that ended cleanly: the usage chunk if asked (with ``cost``, USD as a
+        decimal string, when known), then ``[DONE]``."""
         ...
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from sluice.errors import SluiceError, UpstreamError
-from sluice.pricing.usage import TokenUsage, from_openai
+from sluice.pricing.usage import TokenUsage, estimate_tokens, from_openai
 from sluice.providers.base import Target, Translated, UpstreamCall
 from sluice.providers.errors import in_band_error, map_error
 from sluice.wire.requests import ChatRequest, EmbeddingRequest
@@ -94,7 +94,7 @@ def _complete_completion(body: dict[str, Any]) -> bool:
 class OpenAIStream:
     """Translate one OpenAI-dialect stream for a client."""
 
-    __slots__ = ("_head", "_include_usage", "_provider", "done", "started", "usage")
+    __slots__ = ("_chars", "_head", "_include_usage", "_pieces", "_provider", "done", "started", "usage")
 
     def __init__(self, provider: str, include_usage: bool) -> None:
         self._provider = provider
@@ -103,6 +103,8 @@ class OpenAIStream:
         self.usage: dict[str, Any] | None = None
         self.done = False
         self.started = False
+        self._chars = 0  # text delivered (content, reasoning, tool arguments), for estimates
+        self._pieces = 0
 
     def feed(self, event: Event) -> list[bytes]:
         """Frames for the client from one upstream event."""
@@ -124,8 +126,14 @@ class OpenAIStream:
             self._head = {k: chunk.get(k) for k in ("id", "created", "model", "system_fingerprint")}
         usage = chunk.get("usage")
         choices = chunk.get("choices")
-        if not self.started and isinstance(choices, list):
-            self.started = any(_substantive(c) for c in choices)
+        if isinstance(choices, list):
+            if not self.started:
+                self.started = any(_substantive(c) for c in choices)
+            for choice in choices:
+                size = _delta_chars(choice)
+                if size:
+                    self._chars += size
+                    self._pieces += 1
         if usage:
             self.usage = usage
             if not choices:
@@ -141,8 +149,12 @@ class OpenAIStream:
         """The usage reported so far, normalised."""
         return from_openai(self.usage) if isinstance(self.usage, dict) else None
 
-    def finish(self) -> list[bytes]:
-        """The usage chunk (when asked and known) and ``[DONE]``."""
+    def delivered(self) -> int:
+        """Estimated output tokens delivered so far."""
+        return estimate_tokens(self._chars, self._pieces)
+
+    def finish(self, cost: str | None = None) -> list[bytes]:
+        """The usage chunk (when asked and known, with our cost) and ``[DONE]``."""
         if self._include_usage and self.usage is not None:
             head = self._head or {}
             chunk: dict[str, Any] = {
@@ -152,7 +164,7 @@ class OpenAIStream:
                 "model": head.get("model"),
                 "system_fingerprint": head.get("system_fingerprint"),
                 "choices": [],
-                "usage": self.usage,
+                "usage": with_cost(self.usage, cost),
             }
             return [data_frame(chunk), DONE_FRAME]
         return [DONE_FRAME]
@@ -167,6 +179,33 @@ def _substantive(choice: Any) -> bool:
     return isinstance(delta, dict) and any(
         delta.get(k) for k in ("content", "tool_calls", "reasoning_content", "refusal", "function_call")
     )
+
+
+def _delta_chars(choice: Any) -> int:
+    """Characters of text in one streamed choice's delta."""
+    delta = choice.get("delta") if isinstance(choice, dict) else None
+    if not isinstance(delta, dict):
+        return 0
+    size = 0
+    for key in ("content", "reasoning_content", "refusal"):
+        text = delta.get(key)
+        if isinstance(text, str):
+            size += len(text)
+    calls = delta.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            fn = call.get("function") if isinstance(call, dict) else None
+            args = fn.get("arguments") if isinstance(fn, dict) else None
+            if isinstance(args, str):
+                size += len(args)
+    return size
+
+
+def with_cost(usage: dict[str, Any], cost: str | None) -> dict[str, Any]:
+    """``usage`` with ``cost`` (USD, as OpenRouter reports it) set to ours, as an exact JSON number."""
+    if cost is None:
+        return usage
+    return {**usage, "cost": orjson.Fragment(cost.encode())}
 
 
 def _fill_chunk(choices: list[Any]) -> bool:

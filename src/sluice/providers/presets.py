@@ -22,6 +22,7 @@ class DemoModel:
     alias: str
     upstream: str
     mode: Literal["chat", "embedding"] = "chat"
+    price: tuple[str, str] | None = None  # USD per million (input, output) where genai-prices has none
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +65,7 @@ PRESETS: dict[str, Preset] = {
             "openai",
             "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
             key_env="DASHSCOPE_API_KEY",
-            demo_models=(DemoModel("qwen-plus", "qwen-plus"),),
+            demo_models=(DemoModel("qwen-plus", "qwen-plus", price=("0.40", "1.20")),),
         ),
         Preset(
             "openrouter",

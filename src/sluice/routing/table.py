@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Literal
 
+from sluice.pricing.cost import Pricer
+from sluice.pricing.sheet import PriceSheet, Rates
 from sluice.providers.base import Adapter, Target
 from sluice.providers.presets import PRESETS
 from sluice.providers.registry import ADAPTERS
-from sluice.settings import Config
+from sluice.settings import Config, DeploymentSettings, PriceSettings
 
 
 @dataclass(frozen=True, slots=True)
 class Deployment:
-    """A target and the adapter that speaks its dialect."""
+    """A target, the adapter that speaks its dialect, and how its requests are priced."""
 
     target: Target
     adapter: Adapter
+    pricer: Pricer
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +35,34 @@ class Route:
     owned_by: str
 
 
-def build_routes(config: Config) -> dict[str, Route]:
-    """Resolve every alias; the config has been cross-checked, so every provider exists."""
+def _rates(price: PriceSettings | None) -> Rates | None:
+    if price is None:
+        return None
+    return Rates(**price.model_dump())
+
+
+def pricer_for(dep: DeploymentSettings, preset: str, sheet: PriceSheet | None) -> Pricer:
+    """How one deployment is priced: configured rates, else the bundled sheet, else a ceiling."""
+    if isinstance(dep.price, PriceSettings):
+        price = _rates(dep.price)
+    else:  # `price: 0` is free, explicitly; no price at all leaves the bundled sheet (or nothing)
+        price = Rates(Decimal(0), Decimal(0)) if dep.price == 0 else None
+    source = "config"
+    if price is not None:  # which configured price: a short digest of it, stored with every row
+        source = "config@" + hashlib.sha256(repr(price).encode()).hexdigest()[:8]
+    return Pricer(
+        preset, dep.model, rates=price, sheet=sheet, ceiling=_rates(dep.ceiling), config_source=source
+    )
+
+
+def build_routes(
+    config: Config, sheets: Mapping[tuple[str, str], PriceSheet | None] | None = None
+) -> dict[str, Route]:
+    """Resolve every alias; the config has been cross-checked, so every provider exists.
+
+    ``sheets`` holds genai-prices' prices per ``(preset, model)`` (see ``sluice.pricebook``).
+    """
+    sheets = sheets or {}
     providers = {p.name: p for p in config.providers}
     routes: dict[str, Route] = {}
     for model in config.models:
@@ -47,6 +79,7 @@ def build_routes(config: Config) -> dict[str, Route]:
                 cap_field="max_completion_tokens" if prov.preset == "openai" else "max_tokens",
                 anthropic_version=prov.anthropic_version,
             )
-            deps.append(Deployment(target, ADAPTERS[preset.dialect]))
+            pricer = pricer_for(dep, prov.preset, sheets.get((prov.preset, dep.model)))
+            deps.append(Deployment(target, ADAPTERS[preset.dialect], pricer))
         routes[model.name] = Route(model.name, model.mode, tuple(deps), deps[0].target.preset)
     return routes

@@ -1,4 +1,5 @@
-"""The embedded SQLite store: keys and server metadata. Synchronous; callers on the event loop use a thread.
+"""The embedded SQLite store: keys, server metadata and the ledger's schema. Synchronous; callers on the
+event loop use a thread (the ledger has its own writer thread and connection, see ``sluice.ledger.sqlite``).
 
 Schema changes are numbered migrations applied in order and recorded in ``PRAGMA user_version``.
 """
@@ -8,10 +9,13 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+
+from sluice.keys.policy import OPEN, KeyPolicy
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -25,6 +29,55 @@ MIGRATIONS: tuple[str, ...] = (
         created_at INTEGER NOT NULL,
         revoked_at INTEGER
     );
+    """,
+    """
+    ALTER TABLE virtual_keys ADD COLUMN team TEXT;
+    ALTER TABLE virtual_keys ADD COLUMN features TEXT;
+    ALTER TABLE virtual_keys ADD COLUMN tags TEXT;
+    ALTER TABLE virtual_keys ADD COLUMN require_feature INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE virtual_keys ADD COLUMN log_content INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE ledger (
+        request_id TEXT PRIMARY KEY,
+        ts_us INTEGER NOT NULL,
+        key_id TEXT,
+        user_id TEXT,
+        team TEXT,
+        feature TEXT,
+        tags TEXT,
+        endpoint TEXT NOT NULL,
+        alias TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        stream INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        http_status INTEGER NOT NULL,
+        error_code TEXT,
+        input_tokens INTEGER NOT NULL,
+        cache_read_tokens INTEGER NOT NULL,
+        cache_write_tokens INTEGER NOT NULL,
+        cache_write_1h_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        reasoning_tokens INTEGER NOT NULL,
+        input_audio_tokens INTEGER NOT NULL,
+        output_audio_tokens INTEGER NOT NULL,
+        input_image_tokens INTEGER NOT NULL,
+        web_searches INTEGER NOT NULL,
+        cost_nanos INTEGER NOT NULL,
+        price_source TEXT NOT NULL,
+        at_ceiling INTEGER NOT NULL,
+        usage_estimated INTEGER NOT NULL,
+        client_disconnected INTEGER NOT NULL,
+        latency_us INTEGER,
+        ttft_us INTEGER,
+        attempts TEXT
+    );
+    CREATE INDEX ledger_ts ON ledger (ts_us);
+    CREATE INDEX ledger_pending ON ledger (status) WHERE status = 'pending';
+    CREATE TABLE ledger_content (
+        request_id TEXT PRIMARY KEY,
+        request BLOB,
+        response BLOB
+    )
     """,
 )
 
@@ -40,6 +93,7 @@ class KeyRow:
     models: tuple[str, ...] | None
     created_at: int
     revoked_at: int | None
+    policy: KeyPolicy = OPEN
 
 
 class SQLiteStore:
@@ -96,20 +150,33 @@ class SQLiteStore:
 
     def insert_key(self, row: KeyRow) -> None:
         """Add a virtual key."""
-        models = orjson.dumps(list(row.models)).decode() if row.models is not None else None
+        p = row.policy
         with self._lock:
             self._db.execute(
-                "INSERT INTO virtual_keys (id, digest, name, hint, models, created_at, revoked_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (row.id, row.digest, row.name, row.hint, models, row.created_at, row.revoked_at),
+                "INSERT INTO virtual_keys (id, digest, name, hint, models, created_at, revoked_at,"
+                " team, features, tags, require_feature, log_content)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.id,
+                    row.digest,
+                    row.name,
+                    row.hint,
+                    _json_list(row.models),
+                    row.created_at,
+                    row.revoked_at,
+                    p.team,
+                    _json_list(p.features),
+                    _json_list(p.tags),
+                    int(p.require_feature),
+                    int(p.log_content),
+                ),
             )
 
     def find_key(self, digest: str) -> KeyRow | None:
         """The key with this digest (an indexed lookup: no scans, no prefixes)."""
         with self._lock:
             row = self._db.execute(
-                "SELECT id, digest, name, hint, models, created_at, revoked_at FROM virtual_keys"
-                " WHERE digest = ?",
+                _KEY_SELECT + " FROM virtual_keys WHERE digest = ?",
                 (digest,),
             ).fetchone()
         return None if row is None else _key_row(row)
@@ -117,10 +184,7 @@ class SQLiteStore:
     def list_keys(self) -> list[KeyRow]:
         """Every key, oldest first."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id, digest, name, hint, models, created_at, revoked_at FROM virtual_keys"
-                " ORDER BY created_at, id"
-            ).fetchall()
+            rows = self._db.execute(_KEY_SELECT + " FROM virtual_keys ORDER BY created_at, id").fetchall()
         return [_key_row(r) for r in rows]
 
     def revoke_key(self, key_id: str) -> bool:
@@ -138,8 +202,29 @@ class SQLiteStore:
             self._db.close()
 
 
+_KEY_SELECT = (
+    "SELECT id, digest, name, hint, models, created_at, revoked_at,"
+    " team, features, tags, require_feature, log_content"
+)
+
+
+def _json_list(values: Iterable[str] | None) -> str | None:
+    return orjson.dumps(sorted(values)).decode() if values is not None else None
+
+
+def _set(raw: object) -> frozenset[str] | None:
+    return frozenset(orjson.loads(str(raw))) if raw is not None else None
+
+
 def _key_row(row: tuple[object, ...]) -> KeyRow:
     models = orjson.loads(str(row[4])) if row[4] is not None else None
+    policy = KeyPolicy(
+        team=str(row[7]) if row[7] is not None else None,
+        features=_set(row[8]),
+        tags=_set(row[9]),
+        require_feature=bool(row[10]),
+        log_content=bool(row[11]),
+    )
     return KeyRow(
         id=str(row[0]),
         digest=str(row[1]),
@@ -148,4 +233,5 @@ def _key_row(row: tuple[object, ...]) -> KeyRow:
         models=tuple(models) if models is not None else None,
         created_at=int(str(row[5])),
         revoked_at=int(str(row[6])) if row[6] is not None else None,
+        policy=policy,
     )

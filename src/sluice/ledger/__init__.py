@@ -1,0 +1,1 @@
+"""The ledger: one row per request, written off the hot path."""

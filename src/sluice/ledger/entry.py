@@ -1,0 +1,185 @@
+"""One ledger row: what a request was, who made it, what it used and what it cost. Pure.
+
+The row is opened at admission (``status='pending'``, written only if the request is still running at
+the next group commit) and settled once, whatever happens: success, provider error, a stream cut,
+a client gone. A row still pending long after every deadline is marked ``interrupted`` (the process died).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from sluice.pricing.cost import Pricer
+from sluice.pricing.usage import TokenUsage
+
+# Statuses a settled row can have.
+OK, ERROR, CUT, DISCONNECTED, REFUSED, PENDING, INTERRUPTED = (
+    "ok",
+    "error",
+    "cut",
+    "disconnected",
+    "refused",
+    "pending",
+    "interrupted",
+)
+
+TOKEN_COLUMNS = (
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+    "input_image_tokens",
+    "web_searches",
+)
+# The ledger table's columns, in the order ``Entry.row()`` produces them (both SQL backends use this).
+COLUMNS = (
+    "request_id",
+    "ts_us",
+    "key_id",
+    "user_id",
+    "team",
+    "feature",
+    "tags",
+    "endpoint",
+    "alias",
+    "provider",
+    "model",
+    "stream",
+    "status",
+    "http_status",
+    "error_code",
+    *TOKEN_COLUMNS,
+    "cost_nanos",
+    "price_source",
+    "at_ceiling",
+    "usage_estimated",
+    "client_disconnected",
+    "latency_us",
+    "ttft_us",
+    "attempts",
+)
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One upstream call made for the request."""
+
+    provider: str
+    model: str
+    status: str
+    http_status: int
+    error_code: str | None = None
+    latency_us: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON form stored in the row's ``attempts`` column."""
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "status": self.status,
+            "http_status": self.http_status,
+            "error_code": self.error_code,
+            "latency_us": self.latency_us,
+        }
+
+
+@dataclass(slots=True)
+class Entry:
+    """A request as the ledger records it (mutated by the request's own task only)."""
+
+    request_id: str
+    ts_us: int  # when the request arrived, unix microseconds
+    endpoint: str  # "chat" or "embeddings"
+    alias: str
+    stream: bool = False
+    key_id: str | None = None
+    user: str | None = None
+    team: str | None = None
+    feature: str | None = None
+    tags: dict[str, str] | None = None
+    provider: str = ""
+    model: str = ""
+    status: str = PENDING
+    http_status: int = 0
+    error_code: str | None = None
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    cost_nanos: int = 0
+    price_source: str = ""
+    at_ceiling: bool = False
+    usage_estimated: bool = False
+    client_disconnected: bool = False
+    latency_us: int | None = None
+    ttft_us: int | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    # --- not stored: what settlement needs to know ---------------------------------------------------
+    started_ns: int = 0  # perf_counter_ns() at arrival
+    input_estimate: int = 0  # prompt tokens guessed from the body size, for requests that never finish
+    pricer: Pricer | None = None  # set when a deployment is chosen: the request may reach a provider
+    upstream_status: int = 0  # the provider's HTTP status (0: no answer)
+    upstream_us: int = 0  # time spent waiting for the provider's answer (or a stream's first substance)
+    settled: bool = False
+
+    def arrived(self) -> datetime:
+        """When the request arrived: prices are those in force then."""
+        return from_us(self.ts_us)
+
+    def row(self) -> tuple[Any, ...]:
+        """The values for ``COLUMNS`` (a snapshot: later changes to the entry do not alter it)."""
+        u = self.usage
+        return (
+            self.request_id,
+            self.ts_us,
+            self.key_id,
+            self.user,
+            self.team,
+            self.feature,
+            orjson.dumps(self.tags).decode() if self.tags else None,
+            self.endpoint,
+            self.alias,
+            self.provider,
+            self.model,
+            self.stream,
+            self.status,
+            self.http_status,
+            self.error_code,
+            u.input_tokens,
+            u.cache_read_tokens,
+            u.cache_write_tokens,
+            u.cache_write_1h_tokens,
+            u.output_tokens,
+            u.output_reasoning_tokens,
+            u.input_audio_tokens,
+            u.output_audio_tokens,
+            u.input_image_tokens,
+            u.web_searches,
+            self.cost_nanos,
+            self.price_source,
+            self.at_ceiling,
+            self.usage_estimated,
+            self.client_disconnected,
+            self.latency_us,
+            self.ttft_us,
+            orjson.dumps([a.as_json() for a in self.attempts]).decode() if self.attempts else None,
+        )
+
+
+def from_us(us: int) -> datetime:
+    """Unix microseconds → an aware UTC datetime (integer arithmetic, exact)."""
+    seconds, micros = divmod(us, 1_000_000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
+
+
+def usd_text(nanos: int) -> str:
+    """Integer nano-dollars as a plain decimal string of USD, e.g. 150000 → ``0.00015`` (no float)."""
+    sign = "-" if nanos < 0 else ""
+    whole, frac = divmod(abs(nanos), 1_000_000_000)
+    digits = f"{frac:09d}".rstrip("0")
+    return f"{sign}{whole}.{digits or '0'}"

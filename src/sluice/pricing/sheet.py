@@ -1,0 +1,164 @@
+"""A model's price list as plain values: periods (start dates, daily windows) and input-size bands.
+
+Built once at startup (from genai-prices' bundled data or from the config) and evaluated on the hot path
+without the library: choosing the period and band is a few comparisons, the charge is ``Rates.usd``.
+Pure: no I/O. The JSON form (``to_json``/``from_json``) carries every amount as a decimal string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+from sluice.pricing.usage import TokenUsage
+
+RATE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "web_search")
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """USD per million tokens (``web_search``: USD per thousand calls).
+
+    A cache rate left unset is charged at the input rate (or the preset's rule, e.g. Qwen's 40 %).
+    """
+
+    input: Decimal
+    output: Decimal
+    cache_read: Decimal | None = None
+    cache_write: Decimal | None = None
+    cache_write_1h: Decimal | None = None
+    web_search: Decimal | None = None
+
+    def usd(self, usage: TokenUsage, cache_read_share: Decimal | None = None) -> Decimal:
+        """The exact charge for ``usage`` (embeddings: output is simply 0)."""
+        read_rate = self.cache_read
+        if read_rate is None:
+            read_rate = self.input * cache_read_share if cache_read_share is not None else self.input
+        write_rate = self.input if self.cache_write is None else self.cache_write
+        write_1h_rate = write_rate if self.cache_write_1h is None else self.cache_write_1h
+        total = (
+            usage.uncached_input_tokens * self.input
+            + usage.cache_read_tokens * read_rate
+            + (usage.cache_write_tokens - usage.cache_write_1h_tokens) * write_rate
+            + usage.cache_write_1h_tokens * write_1h_rate
+            + usage.output_tokens * self.output
+        )
+        if self.web_search is not None and usage.web_searches:
+            total += (usage.web_searches * self.web_search).scaleb(3)  # per thousand = 1000 per million
+        return total.scaleb(-6)  # per million: an exact exponent shift, whatever the context precision
+
+    def is_free(self) -> bool:
+        """True when every rate is zero (``price: 0``)."""
+        return all(not getattr(self, name) for name in RATE_FIELDS)
+
+    def to_json(self) -> dict[str, str]:
+        """The set rates as decimal strings."""
+        return {n: str(v) for n in RATE_FIELDS if (v := getattr(self, n)) is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, str]) -> Rates:
+        """Inverse of ``to_json``."""
+        return cls(**{n: Decimal(v) for n, v in data.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """Rates that apply to the whole request once its total input exceeds ``above`` tokens."""
+
+    above: int  # -1 for the base band
+    rates: Rates
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """Prices valid from a date and/or during a daily UTC window; no constraint means always."""
+
+    bands: tuple[Band, ...]  # ascending by ``above``; the first is the base band
+    since: date | None = None
+    window: tuple[time, time] | None = None  # [start, end) in UTC; end < start wraps midnight
+
+    def active(self, at: datetime, weekday_windows: bool) -> bool:
+        """Whether this period's constraint holds at ``at`` (UTC)."""
+        if self.since is not None:
+            return at.date() >= self.since
+        if self.window is not None:
+            if weekday_windows and at.weekday() >= 5:
+                return False
+            start, end = self.window
+            now = at.time()
+            return (now >= start or now < end) if end < start else start <= now < end
+        return True
+
+    def rates(self, input_tokens: int) -> Rates:
+        """The band for a request of ``input_tokens`` total input."""
+        chosen = self.bands[0].rates
+        for band in self.bands[1:]:
+            if input_tokens > band.above:
+                chosen = band.rates
+        return chosen
+
+
+@dataclass(frozen=True, slots=True)
+class PriceSheet:
+    """One model's prices from one source, e.g. ``genai-prices 0.2.3``."""
+
+    source: str
+    periods: tuple[Period, ...]
+    # DeepSeek bills its daily windows on weekdays only; genai-prices' time-of-day rule has no weekdays.
+    weekday_windows: bool = False
+    unmodelled: tuple[str, ...] = ()  # price keys in the source this sheet does not apply (audio, images…)
+
+    def rates(self, at: datetime, input_tokens: int) -> Rates:
+        """The rates for a request made at ``at`` with ``input_tokens`` total input.
+
+        As genai-prices does: the last period whose constraint holds wins, else the first.
+        """
+        at = at.astimezone(UTC)
+        chosen = self.periods[0]
+        for period in reversed(self.periods):
+            if period.active(at, self.weekday_windows):
+                chosen = period
+                break
+        return chosen.rates(input_tokens)
+
+    def usd(self, usage: TokenUsage, at: datetime) -> Decimal:
+        """The exact charge for ``usage`` at ``at``."""
+        return self.rates(at, usage.input_tokens).usd(usage)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready form (decimal strings, ISO dates and times)."""
+        return {
+            "source": self.source,
+            "weekday_windows": self.weekday_windows,
+            "unmodelled": list(self.unmodelled),
+            "periods": [
+                {
+                    "since": p.since.isoformat() if p.since else None,
+                    "window": [p.window[0].isoformat(), p.window[1].isoformat()] if p.window else None,
+                    "bands": [{"above": b.above, "rates": b.rates.to_json()} for b in p.bands],
+                }
+                for p in self.periods
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PriceSheet:
+        """Inverse of ``to_json``."""
+        periods = tuple(
+            Period(
+                bands=tuple(Band(int(b["above"]), Rates.from_json(b["rates"])) for b in p["bands"]),
+                since=date.fromisoformat(p["since"]) if p["since"] else None,
+                window=(time.fromisoformat(p["window"][0]), time.fromisoformat(p["window"][1]))
+                if p["window"]
+                else None,
+            )
+            for p in data["periods"]
+        )
+        return cls(
+            source=str(data["source"]),
+            periods=periods,
+            weekday_windows=bool(data["weekday_windows"]),
+            unmodelled=tuple(data["unmodelled"]),
+        )
