@@ -80,14 +80,14 @@ class Accounting:
         entry.http_status = http_status
         entry.error_code = error.code if error is not None else None
         entry.latency_us = (time.perf_counter_ns() - entry.started_ns) // 1000
+        if tokens is not None:
+            entry.usage = tokens
         if charge is None:
             charge = self._charge(entry, status, error, tokens, delivered)
         if charge is not None:
             entry.cost_nanos = charge.nanos
             entry.price_source = charge.source
             entry.at_ceiling = charge.at_ceiling
-        elif tokens is not None:
-            entry.usage = tokens
         self.ledger.settle(entry, content)
         self.metrics.observe(entry)
 

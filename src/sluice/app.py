@@ -86,8 +86,20 @@ def open_ledger(config: Config, environ: Mapping[str, str]) -> Ledger:
     return SQLiteLedger(Path(server.data_dir) / DB_FILE, flush_interval=flush, stale_after_s=stale)
 
 
-def priced_routes(config: Config) -> dict[str, Route]:
-    """The routing table with every deployment's prices resolved (genai-prices read once, cached)."""
+def unpriced(routes: Mapping[str, Route]) -> list[str]:
+    """A sentence for each deployment whose requests would be refused for want of a price."""
+    return [
+        f"model {route.alias!r} ({dep.target.upstream_model} on {dep.target.provider}) has no price: "
+        "requests are refused until the config sets `price` (or `ceiling`) for it"
+        for route in routes.values()
+        for dep in route.deployments
+        if not dep.pricer.is_chargeable()
+    ]
+
+
+def priced_routes(config: Config, *, cache: bool = True) -> dict[str, Route]:
+    """The routing table with every deployment's prices resolved (genai-prices read once, cached in
+    the data directory unless ``cache`` is false)."""
     pairs = [
         (prov.preset, dep.model)
         for model in config.models
@@ -95,18 +107,7 @@ def priced_routes(config: Config) -> dict[str, Route]:
         for prov in config.providers
         if prov.name == dep.provider
     ]
-    routes = build_routes(config, load_sheets(pairs, Path(config.server.data_dir)))
-    for route in routes.values():
-        for dep in route.deployments:
-            if not dep.pricer.is_chargeable():
-                log.warning(
-                    "model %r (%s on %s) has no price: requests are refused until the config sets "
-                    "`price` (or `ceiling`) for it",
-                    route.alias,
-                    dep.target.upstream_model,
-                    dep.target.provider,
-                )
-    return routes
+    return build_routes(config, load_sheets(pairs, Path(config.server.data_dir) if cache else None))
 
 
 def create_app(config: Config, environ: Mapping[str, str], services: Services | None = None) -> SluiceAPI:
@@ -115,7 +116,10 @@ def create_app(config: Config, environ: Mapping[str, str], services: Services | 
     endpoints = {p.name: _endpoint(p, environ) for p in config.providers}
     upstream = Upstream(endpoints)
     ledger = open_ledger(config, environ)
-    gateway = Gateway(priced_routes(config), upstream, ledger)
+    routes = priced_routes(config)
+    for problem in unpriced(routes):
+        log.warning("%s", problem)
+    gateway = Gateway(routes, upstream, ledger)
     accounting = Accounting(ledger, Metrics())
 
     async def ready() -> dict[str, bool]:

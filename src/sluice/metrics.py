@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from sluice.ledger.entry import Entry
@@ -32,6 +38,8 @@ class Metrics:
     """The gateway's metrics, in a registry of its own."""
 
     def __init__(self) -> None:
+        # `_created` series double the output and say nothing we need (the library leaves it untyped)
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ("alias", "provider", "feature")
         self._requests = Counter(

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterable
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -28,21 +29,25 @@ Sheets = dict[tuple[str, str], PriceSheet | None]
 EXTRACT_TIMEOUT_S = 120
 
 
-def load_sheets(pairs: Iterable[tuple[str, str]], cache_dir: Path) -> Sheets:
+def load_sheets(pairs: Iterable[tuple[str, str]], cache_dir: Path | None) -> Sheets:
     """Sheets for ``(preset, model)`` pairs (None where genai-prices has no price)."""
     wanted = sorted({(p, m) for p, m in pairs if p in GENAI_PROVIDER})
     if not wanted:
         return {}
-    tag = hashlib.sha256(orjson.dumps([version("genai-prices"), wanted])).hexdigest()[:16]
-    path = cache_dir / "prices" / f"sheets-{tag}.json"
-    try:
-        raw = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+    raw: dict[str, Any]
+    if cache_dir is None:
         raw = _extract(wanted)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(orjson.dumps(raw))
-        tmp.replace(path)  # atomic: a concurrent worker reads the old file or the new one, never half
+    else:
+        tag = hashlib.sha256(orjson.dumps([version("genai-prices"), wanted])).hexdigest()[:16]
+        path = cache_dir / "prices" / f"sheets-{tag}.json"
+        try:
+            raw = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            raw = _extract(wanted)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(orjson.dumps(raw))
+            tmp.replace(path)  # atomic: a concurrent worker reads the old file or the new one
     sheets = raw["sheets"]
     return {
         (p, m): PriceSheet.from_json(sheets[f"{p}/{m}"]) if sheets.get(f"{p}/{m}") else None
@@ -50,7 +55,7 @@ def load_sheets(pairs: Iterable[tuple[str, str]], cache_dir: Path) -> Sheets:
     }
 
 
-def _extract(pairs: list[tuple[str, str]]) -> dict[str, object]:
+def _extract(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     try:
         done = subprocess.run(
             [sys.executable, "-m", "sluice.pricing.extract"],
@@ -64,5 +69,5 @@ def _extract(pairs: list[tuple[str, str]]) -> dict[str, object]:
         raise ConfigError(
             f"could not read genai-prices' bundled prices: {exc} {detail.decode()[-500:]}"
         ) from exc
-    result: dict[str, object] = orjson.loads(done.stdout)
+    result: dict[str, Any] = orjson.loads(done.stdout)
     return result

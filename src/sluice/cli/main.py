@@ -16,7 +16,7 @@ import click
 from pydantic import ValidationError
 
 from sluice import __version__
-from sluice.app import Services, create_app, open_services
+from sluice.app import Services, create_app, open_services, priced_routes, unpriced
 from sluice.cli.spend import spend
 from sluice.config_file import LoadedConfig, load_config, parse_config, render_docs
 from sluice.demo import DEMO_PRESETS, demo_config, real_presets
@@ -220,7 +220,12 @@ def config_check(path: str) -> None:
     except ConfigError as err:
         _fail(err)
         return
-    for warning in loaded.warnings:
+    try:
+        missing = unpriced(priced_routes(loaded.config, cache=False))
+    except ConfigError as err:
+        _fail(err)
+        return
+    for warning in [*loaded.warnings, *missing]:
         click.echo(f"warning: {warning}", err=True)
     c = loaded.config
     click.echo(f"{path}: OK ({len(c.providers)} providers, {len(c.models)} models)")
@@ -298,7 +303,17 @@ def keys_list(config_path: str | None, data_dir: str | None) -> None:
         state = "revoked" if r.revoked_at else "active"
         created = datetime.fromtimestamp(r.created_at, UTC).strftime("%Y-%m-%d %H:%M")
         models = ",".join(r.models) if r.models else "*"
-        click.echo(f"{r.id}  {state:<7}  {created}  {r.hint}  {r.name}  models={models}")
+        p = r.policy
+        extra = "".join(
+            [
+                f"  team={p.team}" if p.team else "",
+                f"  features={','.join(sorted(p.features))}" if p.features is not None else "",
+                f"  tags={','.join(sorted(p.tags))}" if p.tags is not None else "",
+                "  require-feature" if p.require_feature else "",
+                "  log-content" if p.log_content else "",
+            ]
+        )
+        click.echo(f"{r.id}  {state:<7}  {created}  {r.hint}  {r.name}  models={models}{extra}")
 
 
 @keys.command("revoke")
