@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from sluice.errors import ConfigError
-from sluice.pricing.extract import GENAI_PROVIDER
+from sluice.pricing.cost import GENAI_PROVIDER
 from sluice.pricing.sheet import PriceSheet
 
 log = logging.getLogger("sluice.prices")

@@ -22,6 +22,15 @@ from sluice.errors import ModelUnpriced
 from sluice.pricing.sheet import PriceSheet, Rates
 from sluice.pricing.usage import TokenUsage
 
+# Our preset → genai-prices' provider id (presets absent here have no bundled prices).
+GENAI_PROVIDER = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "deepseek": "deepseek",
+    "openrouter": "openrouter",
+    "gemini": "google",
+    "groq": "groq",
+}
 FREE_PRESETS = frozenset({"ollama", "vllm"})  # local servers: explicitly free
 CACHE_READ_SHARE = {"dashscope": Decimal("0.4")}  # Qwen bills cached input at 40 % of the input rate
 

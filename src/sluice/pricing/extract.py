@@ -10,27 +10,20 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from datetime import UTC, datetime, time
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from importlib.metadata import version
 from typing import Any
 
+import holidays
 import orjson
 from genai_prices import data_snapshot
 from genai_prices.types import ModelPrice, StartDateConstraint, TieredPrices, TimeOfDateConstraint
 
+from sluice.pricing.cost import GENAI_PROVIDER
 from sluice.pricing.sheet import Band, Period, PriceSheet, Rates
 
 SOURCE = f"genai-prices {version('genai-prices')}"
-# Our preset → genai-prices' provider id (presets absent here have no bundled prices).
-GENAI_PROVIDER = {
-    "openai": "openai",
-    "anthropic": "anthropic",
-    "deepseek": "deepseek",
-    "openrouter": "openrouter",
-    "gemini": "google",
-    "groq": "groq",
-}
 # genai-prices price key → our rate field.
 _KEYS = {
     "input_mtok": "input",
@@ -39,7 +32,11 @@ _KEYS = {
     "cache_write_mtok": "cache_write",
     "cache_write_1h_mtok": "cache_write_1h",
     "web_searches_kcount": "web_search",
+    "input_audio_mtok": "input_audio",
+    "output_audio_mtok": "output_audio",
+    "input_image_mtok": "input_image",
 }
+HOLIDAY_YEARS = 3  # public holidays known from last year to the year after next (resolved at startup)
 
 
 def _utc(t: time) -> time:
@@ -95,7 +92,20 @@ def sheet_for(preset: str, model: str) -> PriceSheet | None:
             periods.append(Period(bands, window=window))
         else:
             periods.append(Period(bands))
-    return PriceSheet(SOURCE, tuple(periods), preset == "deepseek", tuple(sorted(unmodelled)))
+    deepseek = preset == "deepseek"
+    return PriceSheet(
+        SOURCE,
+        tuple(periods),
+        deepseek,
+        tuple(sorted(unmodelled)),
+        _china_holidays() if deepseek else frozenset(),
+    )
+
+
+def _china_holidays() -> frozenset[date]:
+    """Chinese public holidays (the ``holidays`` package), on which DeepSeek bills off-peak all day."""
+    this_year = datetime.now(UTC).year
+    return frozenset(holidays.country_holidays("CN", years=range(this_year - 1, this_year + HOLIDAY_YEARS)))
 
 
 def sheets_for(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:

@@ -14,14 +14,26 @@ from typing import Any
 
 from sluice.pricing.usage import TokenUsage
 
-RATE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "web_search")
+RATE_FIELDS = (
+    "input",
+    "output",
+    "cache_read",
+    "cache_write",
+    "cache_write_1h",
+    "web_search",
+    "input_audio",
+    "output_audio",
+    "input_image",
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Rates:
     """USD per million tokens (``web_search``: USD per thousand calls).
 
-    A cache rate left unset is charged at the input rate (or the preset's rule, e.g. Qwen's 40 %).
+    A cache rate left unset is charged at the input rate (or the preset's rule, e.g. Qwen's 40 %). Audio
+    and image tokens are parts of the input/output totals: with their own rate they are charged at it and
+    taken out of the text count; without one they are charged as text (as genai-prices does).
     """
 
     input: Decimal
@@ -30,6 +42,9 @@ class Rates:
     cache_write: Decimal | None = None
     cache_write_1h: Decimal | None = None
     web_search: Decimal | None = None
+    input_audio: Decimal | None = None
+    output_audio: Decimal | None = None
+    input_image: Decimal | None = None
 
     def usd(self, usage: TokenUsage, cache_read_share: Decimal | None = None) -> Decimal:
         """The exact charge for ``usage`` (embeddings: output is simply 0)."""
@@ -38,13 +53,23 @@ class Rates:
             read_rate = self.input * cache_read_share if cache_read_share is not None else self.input
         write_rate = self.input if self.cache_write is None else self.cache_write
         write_1h_rate = write_rate if self.cache_write_1h is None else self.cache_write_1h
+        text_in = usage.uncached_input_tokens
+        text_out = usage.output_tokens
         total = (
-            usage.uncached_input_tokens * self.input
-            + usage.cache_read_tokens * read_rate
+            usage.cache_read_tokens * read_rate
             + (usage.cache_write_tokens - usage.cache_write_1h_tokens) * write_rate
             + usage.cache_write_1h_tokens * write_1h_rate
-            + usage.output_tokens * self.output
         )
+        if self.input_audio is not None and usage.input_audio_tokens:
+            text_in -= usage.input_audio_tokens
+            total += usage.input_audio_tokens * self.input_audio
+        if self.input_image is not None and usage.input_image_tokens:
+            text_in -= usage.input_image_tokens
+            total += usage.input_image_tokens * self.input_image
+        if self.output_audio is not None and usage.output_audio_tokens:
+            text_out -= usage.output_audio_tokens
+            total += usage.output_audio_tokens * self.output_audio
+        total += max(text_in, 0) * self.input + max(text_out, 0) * self.output
         if self.web_search is not None and usage.web_searches:
             total += (usage.web_searches * self.web_search).scaleb(3)  # per thousand = 1000 per million
         return total.scaleb(-6)  # per million: an exact exponent shift, whatever the context precision
@@ -79,12 +104,12 @@ class Period:
     since: date | None = None
     window: tuple[time, time] | None = None  # [start, end) in UTC; end < start wraps midnight
 
-    def active(self, at: datetime, weekday_windows: bool) -> bool:
+    def active(self, at: datetime, weekday_windows: bool, days_off: frozenset[date]) -> bool:
         """Whether this period's constraint holds at ``at`` (UTC)."""
         if self.since is not None:
             return at.date() >= self.since
         if self.window is not None:
-            if weekday_windows and at.weekday() >= 5:
+            if weekday_windows and (at.weekday() >= 5 or at.date() in days_off):
                 return False
             start, end = self.window
             now = at.time()
@@ -106,9 +131,11 @@ class PriceSheet:
 
     source: str
     periods: tuple[Period, ...]
-    # DeepSeek bills its daily windows on weekdays only; genai-prices' time-of-day rule has no weekdays.
+    # DeepSeek bills its daily windows on working days only (not weekends, not Chinese public holidays);
+    # genai-prices' time-of-day rule knows neither.
     weekday_windows: bool = False
-    unmodelled: tuple[str, ...] = ()  # price keys in the source this sheet does not apply (audio, images…)
+    unmodelled: tuple[str, ...] = ()  # price keys in the source this sheet does not apply (pages, hours…)
+    days_off: frozenset[date] = frozenset()  # public holidays on which the daily windows do not apply
 
     def rates(self, at: datetime, input_tokens: int) -> Rates:
         """The rates for a request made at ``at`` with ``input_tokens`` total input.
@@ -118,7 +145,7 @@ class PriceSheet:
         at = at.astimezone(UTC)
         chosen = self.periods[0]
         for period in reversed(self.periods):
-            if period.active(at, self.weekday_windows):
+            if period.active(at, self.weekday_windows, self.days_off):
                 chosen = period
                 break
         return chosen.rates(input_tokens)
@@ -133,6 +160,7 @@ class PriceSheet:
             "source": self.source,
             "weekday_windows": self.weekday_windows,
             "unmodelled": list(self.unmodelled),
+            "days_off": sorted(d.isoformat() for d in self.days_off),
             "periods": [
                 {
                     "since": p.since.isoformat() if p.since else None,
@@ -161,4 +189,5 @@ class PriceSheet:
             periods=periods,
             weekday_windows=bool(data["weekday_windows"]),
             unmodelled=tuple(data["unmodelled"]),
+            days_off=frozenset(date.fromisoformat(d) for d in data.get("days_off", ())),
         )

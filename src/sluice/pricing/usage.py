@@ -90,8 +90,19 @@ def from_openai(usage: Mapping[str, Any]) -> TokenUsage:
         input_audio_tokens=_count(prompt.get("audio_tokens")),
         output_audio_tokens=_count(completion.get("audio_tokens")),
         input_image_tokens=_count(prompt.get("image_tokens")),
-        billed_usd=_usd(usage.get("cost")),
+        billed_usd=_billed(usage),
     )
+
+
+def _billed(usage: Mapping[str, Any]) -> Decimal | None:
+    """OpenRouter's statement of the charge. With the operator's own provider key (``is_byok``), ``cost``
+    is only OpenRouter's fee; the provider's charge is ``cost_details.upstream_inference_cost``."""
+    cost = _usd(usage.get("cost"))
+    if cost is not None and usage.get("is_byok") is True:
+        upstream = _usd(_details(usage, "cost_details").get("upstream_inference_cost"))
+        if upstream is not None:
+            return cost + upstream
+    return cost
 
 
 def from_anthropic(usage: Mapping[str, Any]) -> TokenUsage:
