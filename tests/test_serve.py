@@ -8,9 +8,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import openai
+import orjson
 import pytest
 
 from tests.conftest import free_port
@@ -93,8 +95,35 @@ def test_serve_with_two_workers(tmp_path: Path) -> None:
     try:
         wait_ready(port, proc, timeout=60)
         drive_demo(port, log)
+        match = re.search(r"admin key: (sk-sluice-admin-\S+)", log.read_text())
+        assert match
+        auth = {"authorization": f"Bearer {match.group(1)}"}
+        # Both workers settled requests; every scrape, whichever worker answers, counts all of them,
+        # and agrees with the ledger (which /admin/spend flushes only in the worker that answers it:
+        # so read the ledger from the CLI after the server has stopped).
+        scrapes = []
+        for _ in range(4):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=auth)
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - our own server
+                text = resp.read().decode()
+            scrapes.append(
+                sum(
+                    float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith("sluice_requests_total{")
+                )
+            )
     finally:
         stop(proc)
+    assert len(set(scrapes)) == 1 and scrapes[0] > 0, scrapes
+    spend = subprocess.run(
+        [sys.executable, "-m", "sluice.cli", "spend", "--format", "json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert orjson.loads(spend.stdout)["total"]["requests"] == scrapes[0]
 
 
 @pytest.mark.slow

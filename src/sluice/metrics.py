@@ -2,12 +2,16 @@
 upstream latency, time to first token, and the time spent in Sluice itself.
 
 Label sets are bounded: aliases and providers come from the config, and at most ``MAX_FEATURES``
-distinct feature names get their own label (later ones are counted as ``other``). Each process has its
-own registry (with several workers, scrape each or aggregate; see docs/metrics.md).
+distinct feature names get their own label (later ones are counted as ``other``). With several workers,
+``sluice serve`` sets prometheus-client's multiprocess directory before the workers start, and every
+worker's ``/metrics`` answers with the sum over all of them.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -18,10 +22,12 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from sluice.ledger.entry import Entry
 
 MAX_FEATURES = 100
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 _LATENCY = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -116,5 +122,18 @@ class Metrics:
             self._overhead.observe(max(answered - entry.upstream_us, 0) / 1e6)
 
     def render(self) -> bytes:
-        """The text exposition format."""
+        """The text exposition format (summed over every worker in multiprocess mode)."""
+        shared = os.environ.get(MULTIPROC_ENV)
+        if shared:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=shared)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+def share_between_workers(directory: Path) -> None:
+    """Before starting several workers: an empty directory where each writes its metrics (the workers
+    are new processes, so prometheus-client sees the variable when they import it)."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(directory)

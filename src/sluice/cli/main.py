@@ -24,6 +24,7 @@ from sluice.emulator import Emulator, flavor_url
 from sluice.errors import ConfigError
 from sluice.keys.policy import KeyPolicy
 from sluice.keys.service import ADMIN_ENV
+from sluice.metrics import share_between_workers
 from sluice.settings import Config, ServerSettings
 
 EMULATOR_URL_ENV = "SLUICE_DEMO_EMULATOR_URL"
@@ -127,6 +128,8 @@ def _run(config: Config, config_path: str | None, emulator: Emulator | None, ser
         uvicorn.Server(uvicorn.Config(app, **common)).run()  # type: ignore[arg-type]
         return
     # Several workers: each process builds its own app from the same inputs.
+    priced_routes(config)  # resolve the price sheets once, here, so the workers read the cache
+    share_between_workers(Path(s.data_dir) / "metrics")
     if config_path:
         os.environ[CONFIG_ENV] = str(Path(config_path).resolve())
     if emulator is not None:
