@@ -7,7 +7,10 @@ Real server, real SDK, the emulator as every provider. Rows are read back from t
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -137,6 +140,8 @@ def test_non_stream_cost_header_matches_the_row(served: Served) -> None:
     )
     assert (row["input_tokens"], row["output_tokens"]) == (usage.prompt_tokens, usage.completion_tokens)
     assert row["latency_us"] > 0 and row["ttft_us"] is None
+    [attempt] = orjson.loads(row["attempts"])
+    assert (attempt["provider"], attempt["http_status"], attempt["status"]) == ("openai", 200, "ok")
 
 
 def test_stream_usage_chunk_carries_the_rows_cost(served: Served) -> None:
@@ -340,3 +345,20 @@ def test_metrics_need_the_admin_key_and_count_requests(served: Served) -> None:
     assert "sluice_gateway_overhead_seconds_bucket" in text
     assert "sluice_cost_nanodollars_total" in text
     assert "sluice_time_to_first_token_seconds_bucket" in text
+
+
+def test_spend_cli_table_and_errors(served: Served) -> None:
+    served.client().chat.completions.create(
+        model="oa-chat", messages=_hello(), extra_headers={"x-sluice-feature": "cli-table"}
+    )
+    served.rows()  # flushed
+    base = [sys.executable, "-m", "sluice.cli", "spend", "--data-dir", str(served.data_dir)]
+    env = {**os.environ, "COLUMNS": "200"}
+    table = subprocess.run(
+        [*base, "--top-features", "3"], capture_output=True, text=True, check=True, env=env
+    )
+    assert "feature" in table.stdout and "TOTAL" in table.stdout and "p95 tok" in table.stdout
+    bad = subprocess.run([*base, "--by", "colour"], capture_output=True, text=True, check=False, env=env)
+    assert bad.returncode == 2 and "Unknown grouping 'colour'" in bad.stderr
+    bad = subprocess.run([*base, "--since", "soon"], capture_output=True, text=True, check=False, env=env)
+    assert bad.returncode == 2 and "Invalid time" in bad.stderr

@@ -147,10 +147,12 @@ def test_a_long_request_is_written_pending_then_settled(make_ledger: Factory) ->
 
 
 def test_pending_rows_older_than_every_deadline_become_interrupted(make_ledger: Factory) -> None:
+    now = time.time_ns() // 1000  # now, not at import: the test may run long after the module loaded
+
     async def run() -> None:
         async with make_ledger() as ledger:
-            ledger.open(_entry(1, NOW - 5_000_000))  # crashed five seconds ago
-            ledger.open(_entry(2, NOW))  # still running
+            ledger.open(_entry(1, now - 5_000_000))  # crashed five seconds ago
+            ledger.open(_entry(2, now))  # still running
             await ledger.flush()
         async with make_ledger(stale_after_s=2.0) as ledger:  # a restart: the reconciler runs first
             await asyncio.sleep(0.2)
