@@ -36,6 +36,21 @@ from tests.conftest import ADMIN_KEY, ServerThread, config_yaml, provider_env
 Factory = Callable[..., Any]
 
 
+def fresh_database(dsn: str) -> str:
+    """A new, empty database on the server at ``dsn``; its DSN."""
+    name = f"t_{secrets.token_hex(6)}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f"CREATE DATABASE {name}")
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return dsn.rsplit("/", 1)[0] + "/" + name
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def make_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
     """A factory of fresh, started ledgers of one backend (each test gets its own database)."""
@@ -52,18 +67,7 @@ def make_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fact
 
         yield sqlite
         return
-    dsn: str = request.getfixturevalue("postgres_dsn")
-    name = f"t_{secrets.token_hex(6)}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(f"CREATE DATABASE {name}")
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    test_dsn = dsn.rsplit("/", 1)[0] + "/" + name
+    test_dsn = fresh_database(request.getfixturevalue("postgres_dsn"))
 
     @asynccontextmanager
     async def postgres(**kw: Any) -> AsyncIterator[Ledger]:
@@ -172,17 +176,7 @@ def test_unknown_columns_are_refused(make_ledger: Factory) -> None:
 
 
 def test_gateway_writes_its_ledger_to_postgres(emulator: Emulator, postgres_dsn: str, tmp_path: Path) -> None:
-    name = f"g_{secrets.token_hex(6)}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(postgres_dsn)
-        try:
-            await conn.execute(f"CREATE DATABASE {name}")
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    dsn = postgres_dsn.rsplit("/", 1)[0] + "/" + name
+    dsn = fresh_database(postgres_dsn)
     env = {**provider_env(), "PG_URL": dsn}
     text = config_yaml(emulator, tmp_path).replace(
         "server:\n", "server:\n  store: postgres\n  database_url: env:PG_URL\n  ledger_flush_ms: 5\n", 1

@@ -14,8 +14,9 @@ import logging
 import sys
 import time
 from array import array
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import orjson
 
@@ -32,6 +33,7 @@ from sluice.wire.requests import ChatRequest, EmbeddingRequest
 from sluice.wire.sse import Event
 
 log = logging.getLogger("sluice.gateway")
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -167,6 +169,15 @@ def _since(t0: int) -> int:
     return (time.perf_counter_ns() - t0) // 1000
 
 
+async def _timed(entry: Entry, call: Awaitable[T]) -> T:
+    """Await an upstream call, recording how long the request waited for the provider."""
+    t0 = time.perf_counter_ns()
+    try:
+        return await call
+    finally:
+        entry.upstream_us = _since(t0)
+
+
 class Gateway:
     """The request life for chat completions and embeddings."""
 
@@ -224,11 +235,7 @@ class Gateway:
         """A non-stream chat completion."""
         dep = self._admit(route, entry)
         call = dep.adapter.chat_call(req, dep.target)
-        t0 = time.perf_counter_ns()
-        try:
-            got = await self._upstream.fetch(dep.target.provider, call)
-        finally:
-            entry.upstream_us = _since(t0)
+        got = await _timed(entry, self._upstream.fetch(dep.target.provider, call))
         entry.upstream_status = got.status
         if got.status != 200:
             raise self._failed(dep, got.status, got.headers, got.body)
@@ -242,25 +249,23 @@ class Gateway:
         """Open a stream: returns once the provider has answered with a 200 event stream."""
         dep = self._admit(route, entry)
         call = dep.adapter.chat_call(req, dep.target)
-        t0 = time.perf_counter_ns()
+        t0 = time.perf_counter_ns()  # the wait for the provider lasts until the stream has substance
         try:
             resp = await self._upstream.open_stream(dep.target.provider, call)
-        finally:
-            entry.upstream_us = _since(t0)
-        entry.upstream_status = resp.status
-        translator = dep.adapter.chat_stream(req, dep.target)
-        reply = StreamReply(_meta_headers(dep.target), resp, dep, translator, entry)
-        try:
-            if resp.status != 200:
-                raise self._failed(dep, resp.status, resp.headers, await resp.error_body())
-            if not resp.headers.get("content-type", "").startswith("text/event-stream"):
-                raise UpstreamError(
-                    f"Provider {dep.target.provider!r} answered a stream request without a stream."
-                )
-            await reply.open()
-        except BaseException:
-            await reply.close(error=True)
-            raise
+            entry.upstream_status = resp.status
+            translator = dep.adapter.chat_stream(req, dep.target)
+            reply = StreamReply(_meta_headers(dep.target), resp, dep, translator, entry)
+            try:
+                if resp.status != 200:
+                    raise self._failed(dep, resp.status, resp.headers, await resp.error_body())
+                if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                    raise UpstreamError(
+                        f"Provider {dep.target.provider!r} answered a stream request without a stream."
+                    )
+                await reply.open()
+            except BaseException:
+                await reply.close(error=True)
+                raise
         finally:
             entry.upstream_us = _since(t0)
         return reply
@@ -269,11 +274,7 @@ class Gateway:
         """Embeddings, fetched as floats and encoded as base64 here when the client asked for it."""
         dep = self._admit(route, entry)
         call = dep.adapter.embeddings_call(req, dep.target)
-        t0 = time.perf_counter_ns()
-        try:
-            got = await self._upstream.fetch(dep.target.provider, call)
-        finally:
-            entry.upstream_us = _since(t0)
+        got = await _timed(entry, self._upstream.fetch(dep.target.provider, call))
         entry.upstream_status = got.status
         if got.status != 200:
             raise self._failed(dep, got.status, got.headers, got.body)
