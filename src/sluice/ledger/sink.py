@@ -1,10 +1,14 @@
 """The interface every ledger backend keeps, and the group-commit batching they share. Pure.
 
-``open``/``settle`` are called on the hot path and never block: they hand a row snapshot to the backend's
-writer, which commits whatever has accumulated as one transaction (group commit). Within a batch a
-settled row replaces its own pending row, so a request that finishes before the next commit is written
-once; a longer one is written pending first (it reached the provider: a crash cannot lose it) and
-replaced when it settles. Pending rows older than every deadline are marked ``interrupted``.
+``open``/``settle`` are called on the hot path and never block: they hand the entry to the backend's
+writer, which commits whatever has accumulated as one transaction (group commit) and builds the rows
+there, off the request's path. A request that settled before the commit is written once, settled; one
+still running is written pending (it reached the provider: a crash cannot lose it) and replaced when it
+settles. Pending rows older than every deadline are marked ``interrupted``.
+
+An entry is never changed after ``settle``, so its row is read safely by the writer. A pending row may be
+read while the entry is being settled: it can then mix the two states, but it is always replaced, in the
+same commit or the next, by the settled row that is handed over after it.
 """
 
 from __future__ import annotations
@@ -25,20 +29,22 @@ class Content:
     response: bytes
 
 
-Item = tuple[str, tuple[Any, ...] | Content]  # ("row", values) or ("content", Content)
+OPEN, SETTLE, CONTENT = "open", "settle", "content"
+Item = tuple[str, Entry | Content]  # (OPEN, entry), (SETTLE, entry) or (CONTENT, content)
 
 
 def coalesce(items: Iterable[Item]) -> tuple[list[tuple[Any, ...]], list[Content]]:
-    """One row per request id (the last written wins), in first-seen order; contents as they came."""
+    """The rows to write for a batch: a settled entry's final row, a running entry's pending row (one per
+    request id, in first-seen order), and the contents as they came."""
     rows: dict[str, tuple[Any, ...]] = {}
     contents: list[Content] = []
     for kind, value in items:
-        if kind == "row":
-            assert isinstance(value, tuple)
-            rows[value[0]] = value
-        else:
-            assert isinstance(value, Content)
+        if isinstance(value, Content):
             contents.append(value)
+        elif kind == SETTLE:
+            rows[value.request_id] = value.row()
+        elif not value.settled:  # settled already: its final row is handed over after this item
+            rows.setdefault(value.request_id, value.row())
     return list(rows.values()), contents
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from sluice.ledger.entry import COLUMNS, INTERRUPTED, PENDING, Entry
-from sluice.ledger.sink import Content, Item, coalesce
+from sluice.ledger.sink import CONTENT, OPEN, SETTLE, Content, Item, coalesce
 from sluice.store.postgres import migrate
 
 log = logging.getLogger("sluice.ledger")
@@ -53,16 +53,16 @@ class PostgresLedger:
         self.written = 0
 
     def open(self, entry: Entry) -> None:
-        """Queue the pending row."""
-        self._items.append(("row", entry.row()))
+        """Hand over a request about to reach a provider."""
+        self._items.append((OPEN, entry))
         self._queued += 1
         self._wake.set()
 
     def settle(self, entry: Entry, content: Content | None = None) -> None:
-        """Queue the final row (and content)."""
-        self._items.append(("row", entry.row()))
+        """Hand over a settled request (and its content)."""
+        self._items.append((SETTLE, entry))
         if content is not None:
-            self._items.append(("content", content))
+            self._items.append((CONTENT, content))
         self._queued += 1
         self._wake.set()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sluice.ledger.entry import COLUMNS, INTERRUPTED, PENDING, Entry
-from sluice.ledger.sink import Content, Item, coalesce
+from sluice.ledger.sink import CONTENT, OPEN, SETTLE, Content, Item, coalesce
 from sluice.store.sqlite import SQLiteStore
 
 log = logging.getLogger("sluice.ledger")
@@ -55,14 +55,14 @@ class SQLiteLedger:
     # --- the hot path -------------------------------------------------------------------------------
 
     def open(self, entry: Entry) -> None:
-        """Queue the pending row."""
-        self._queue.put(("row", entry.row()))
+        """Hand over a request about to reach a provider."""
+        self._queue.put((OPEN, entry))
 
     def settle(self, entry: Entry, content: Content | None = None) -> None:
-        """Queue the final row (and content)."""
-        self._queue.put(("row", entry.row()))
+        """Hand over a settled request (and its content)."""
+        self._queue.put((SETTLE, entry))
         if content is not None:
-            self._queue.put(("content", content))
+            self._queue.put((CONTENT, content))
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -124,25 +124,34 @@ class SQLiteLedger:
             db.close()
 
     def _gather(self, first: Any) -> tuple[list[Item], list[threading.Event], bool]:
-        """Collect items for one commit: everything that arrives within ``flush_interval``."""
+        """Collect items for one commit: everything handed over within ``flush_interval`` of the first.
+
+        The writer sleeps through the window instead of waiting on the queue, so the requests that hand
+        items over meanwhile never wake it (a wake-up per request costs the event loop a thread switch).
+        """
         batch: list[Item] = []
         waiters: list[threading.Event] = []
-        deadline = time.monotonic() + self._flush_interval
-        item = first
+        stop = False
+        pending = [first]
+        slept = False
         while True:
-            kind, value = item
-            if kind == "stop":
-                return batch, waiters, True
-            if kind == "flush":
-                waiters.append(value)
-                return batch, waiters, False  # commit now: someone is waiting
-            batch.append(item)
-            if len(batch) >= self._max_batch:
-                return batch, waiters, False
-            try:
-                item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.0))
-            except queue.Empty:
-                return batch, waiters, False
+            for kind, value in pending:
+                if kind == "stop":
+                    stop = True
+                elif kind == "flush":
+                    waiters.append(value)  # commit now: someone is waiting
+                else:
+                    batch.append((kind, value))
+            if stop or waiters or slept or len(batch) >= self._max_batch:
+                return batch, waiters, stop
+            time.sleep(self._flush_interval)
+            slept = True
+            pending = []
+            while len(pending) < self._max_batch:
+                try:
+                    pending.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
 
     def _write(self, db: sqlite3.Connection, batch: list[Item]) -> bool:
         rows, contents = coalesce(batch)
