@@ -101,6 +101,7 @@ def test_serve_with_two_workers(tmp_path: Path) -> None:
         # Both workers settled requests; every scrape, whichever worker answers, counts all of them,
         # and agrees with the ledger (which /admin/spend flushes only in the worker that answers it:
         # so read the ledger from the CLI after the server has stopped).
+        time.sleep(1.5)  # each worker shares its totals every second
         scrapes = []
         for _ in range(4):
             req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=auth)

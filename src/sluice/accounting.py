@@ -121,7 +121,7 @@ class Accounting:
             entry.usage_estimated = True
         entry.usage = usage
         try:
-            return pricer.charge(usage, entry.arrived())
+            return pricer.charge(usage, entry.ts_us)
         except ModelUnpriced:  # admission refuses these; a config reload could race it
             log.exception("request %s reached an unpriced model", entry.request_id)
             return None

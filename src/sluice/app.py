@@ -16,7 +16,7 @@ from sluice.gateway import Gateway
 from sluice.keys.digest import load_server_secret
 from sluice.keys.service import ADMIN_ENV, KeyService
 from sluice.ledger.sink import Ledger
-from sluice.metrics import Metrics
+from sluice.metrics import SHARED_ENV, Metrics
 from sluice.pricebook import load_sheets
 from sluice.providers.presets import PRESETS
 from sluice.routing.table import Route, build_routes
@@ -120,7 +120,8 @@ def create_app(config: Config, environ: Mapping[str, str], services: Services | 
     for problem in unpriced(routes):
         log.warning("%s", problem)
     gateway = Gateway(routes, upstream, ledger)
-    accounting = Accounting(ledger, Metrics())
+    metrics = Metrics(environ.get(SHARED_ENV))
+    accounting = Accounting(ledger, metrics)
 
     async def ready() -> dict[str, bool]:
         try:
@@ -130,9 +131,14 @@ def create_app(config: Config, environ: Mapping[str, str], services: Services | 
             store_ok = False
         return {"store": store_ok, "models": bool(gateway.routes)}
 
+    async def startup() -> None:
+        await ledger.start()
+        await metrics.start()
+
     async def shutdown() -> None:
         await upstream.close()
         await ledger.close()
+        await metrics.close()
 
     return SluiceAPI(
         gateway,
@@ -141,6 +147,6 @@ def create_app(config: Config, environ: Mapping[str, str], services: Services | 
         ready,
         shutdown,
         accounting,
-        on_startup=ledger.start,
+        on_startup=startup,
         public_metrics=config.server.public_metrics,
     )

@@ -133,7 +133,7 @@ class StreamReply:
             )
         tokens = translator.tokens()
         if tokens is not None:  # priced now, so the final usage chunk can carry the cost
-            self.charge = self._deployment.pricer.charge(tokens, self._entry.arrived())
+            self.charge = self._deployment.pricer.charge(tokens, self._entry.ts_us)
         yield b"".join(translator.finish(usd_text(self.charge.nanos) if self.charge else None))
 
     async def close(self, *, error: bool = False) -> None:

@@ -167,3 +167,23 @@ def test_stored_nanos_sum_within_one_nano_per_request_of_the_exact_total(
     exact = sum((r.usd(u) for u in batch), Decimal(0)) * 1_000_000_000
     stored = sum(to_nanos(r.usd(u)) for u in batch)
     assert 0 <= stored - exact < len(batch)
+
+
+@given(
+    st.builds(
+        Rates,
+        st.decimals(0, 100, places=7),
+        st.decimals(0, 100, places=7),
+        st.none() | st.decimals(0, 100, places=7),
+        st.none() | st.decimals(0, 100, places=6),
+        st.none() | st.decimals(0, 100, places=6),
+        st.none() | st.decimals(0, 100, places=9),
+    ),
+    usages(),
+)
+def test_integer_fast_path_equals_decimal(r: Rates, u: TokenUsage) -> None:
+    """Whole pico-dollar rates are charged in integers; finer ones in Decimal: the same exact amount."""
+    u = dataclasses.replace(u, web_searches=3)
+    charge = Pricer("openai_compatible", "m", rates=r).charge(u, TUESDAY_PEAK)
+    assert charge.usd == r.usd(u)
+    assert charge.nanos == to_nanos(r.usd(u))

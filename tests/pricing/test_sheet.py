@@ -17,7 +17,7 @@ from genai_prices import Usage, calc_price, data_snapshot
 from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
-from sluice.pricing.cost import GENAI_PROVIDER
+from sluice.pricing.cost import GENAI_PROVIDER, Pricer, to_nanos
 from sluice.pricing.extract import sheet_for, sheets_for
 from sluice.pricing.sheet import PriceSheet
 from sluice.pricing.usage import TokenUsage
@@ -93,11 +93,11 @@ def test_sheet_equals_genai_prices(pair: tuple[str, str], usage: TokenUsage, at:
         ).total_price
     except ValueError:  # e.g. cached audio: a class our usage record never reports on its own
         reject()
-    if sheet.unmodelled:
-        # units we do not apply (audio, images, pages…) never appear in a text usage record
-        assert expected == sheet.usd(usage, at), sheet.unmodelled
-    else:
-        assert expected == sheet.usd(usage, at)
+    # units a sheet does not apply (pages, hours…) never appear in a usage record
+    assert expected == sheet.usd(usage, at), sheet.unmodelled
+    charge = Pricer(preset, model, sheet=sheet).charge(usage, at)  # the hot path's integer form, if any
+    assert charge.usd == expected
+    assert charge.nanos == to_nanos(expected)
 
 
 def test_json_round_trip_is_exact() -> None:

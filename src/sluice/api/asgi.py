@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import time
@@ -518,10 +519,14 @@ ROUTES: dict[str, dict[str, Handler]] = {
 }
 
 
+_ID_PREFIX = os.urandom(4).hex().encode()  # per process: ids from several workers never collide
+_ID_COUNTER = itertools.count()
+
+
 def _request_id() -> bytes:
-    """``req_`` + the time in ns (hex) + 48 random bits: unique, and in time order, so the ledger's key
-    index grows at its end instead of splitting pages at random (a third less work per row)."""
-    return b"req_%016x%s" % (time.time_ns(), os.urandom(6).hex().encode())
+    """``req_`` + the time in ns (hex) + this process's random tag + a counter: unique, in time order (the
+    ledger's key index grows at its end instead of splitting pages), and no system call per request."""
+    return b"req_%016x%s%06x" % (time.time_ns(), _ID_PREFIX, next(_ID_COUNTER) & 0xFFFFFF)
 
 
 def _int_param(value: str | None, name: str) -> int | None:

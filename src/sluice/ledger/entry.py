@@ -127,10 +127,6 @@ class Entry:
     upstream_us: int = 0  # time spent waiting for the provider's answer (or a stream's first substance)
     settled: bool = False
 
-    def arrived(self) -> datetime:
-        """When the request arrived: prices are those in force then."""
-        return from_us(self.ts_us)
-
     def row(self) -> tuple[Any, ...]:
         """The values for ``COLUMNS`` (a snapshot: later changes to the entry do not alter it)."""
         u = self.usage

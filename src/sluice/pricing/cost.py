@@ -14,7 +14,7 @@ Where a price comes from, in order:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import ROUND_CEILING, Decimal
 
@@ -61,6 +61,11 @@ class Pricer:
     ceiling: Rates | None = None  # charged, and flagged, when nothing else prices the model
     config_source: str = "config"  # "config@<digest>": which configured price was used
 
+    def __post_init__(self) -> None:
+        share = CACHE_READ_SHARE.get(self.preset)
+        if self.rates is not None and self.rates.cache_read is None and share is not None:
+            object.__setattr__(self, "rates", replace(self.rates, cache_read=self.rates.input * share))
+
     def is_priced(self) -> bool:
         """True if requests can be priced other than at the ceiling (admission refuses otherwise)."""
         return self.rates is not None or self.sheet is not None or self.preset in FREE_PRESETS
@@ -69,22 +74,28 @@ class Pricer:
         """True if a request can be charged at all (priced, or at the ceiling)."""
         return self.is_priced() or self.ceiling is not None
 
-    def charge(self, usage: TokenUsage, at: datetime) -> Charge:
-        """Price ``usage`` for a request made at ``at`` (timezone-aware)."""
+    def charge(self, usage: TokenUsage, at: datetime | int) -> Charge:
+        """Price ``usage`` for a request made at ``at`` (timezone-aware, or unix microseconds)."""
         if usage.billed_usd is not None:
             return Charge(usage.billed_usd, to_nanos(usage.billed_usd), "provider-billed")
         if self.rates is not None:
-            usd = self.rates.usd(usage, CACHE_READ_SHARE.get(self.preset))
-            return Charge(usd, to_nanos(usd), self.config_source)
+            return _priced(self.rates, usage, self.config_source)
         if self.sheet is not None:
-            usd = self.sheet.usd(usage, at)
-            return Charge(usd, to_nanos(usd), self.sheet.source)
+            return _priced(self.sheet.rates(at, usage.input_tokens), usage, self.sheet.source)
         if self.preset in FREE_PRESETS:
             return Charge(Decimal(0), 0, f"preset:{self.preset}:free")
         if self.ceiling is not None:
-            usd = self.ceiling.usd(usage)
-            return Charge(usd, to_nanos(usd), "ceiling", at_ceiling=True)
+            return _priced(self.ceiling, usage, "ceiling", at_ceiling=True)
         raise ModelUnpriced(
             f"No price is known for {self.preset} model {self.model!r}; the operator must configure one "
             "(or a ceiling) before it can be used."
         )
+
+
+def _priced(rates: Rates, usage: TokenUsage, source: str, *, at_ceiling: bool = False) -> Charge:
+    """The charge at ``rates``: whole pico-dollars when the rates allow it, else ``Decimal`` (both exact)."""
+    pico = rates.pico(usage)
+    if pico is None:
+        usd = rates.usd(usage)
+        return Charge(usd, to_nanos(usd), source, at_ceiling)
+    return Charge(Decimal(pico).scaleb(-12), -(-pico // 1000), source, at_ceiling)

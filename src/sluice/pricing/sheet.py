@@ -7,7 +7,7 @@ Pure: no I/O. The JSON form (``to_json``/``from_json``) carries every amount as 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
@@ -45,6 +45,42 @@ class Rates:
     input_audio: Decimal | None = None
     output_audio: Decimal | None = None
     input_image: Decimal | None = None
+    # The same rates as whole pico-dollars (1e-12 USD) per token, when every one is: then a charge is
+    # exact integer arithmetic (most published prices have at most six decimals per million tokens).
+    _pico: tuple[int | None, ...] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_pico", _whole_picos(self))
+
+    def pico(self, usage: TokenUsage) -> int | None:
+        """The exact charge in pico-dollars, or None when a rate is finer than a pico-dollar per token."""
+        p = self._pico
+        if p is None:
+            return None
+        rate_in, rate_out, read, write, write_1h, search, audio_in, audio_out, image_in = p
+        assert rate_in is not None  # required
+        assert rate_out is not None  # required
+        text_in = usage.uncached_input_tokens
+        text_out = usage.output_tokens
+        write_5m = rate_in if write is None else write
+        total = (
+            usage.cache_read_tokens * (rate_in if read is None else read)
+            + (usage.cache_write_tokens - usage.cache_write_1h_tokens) * write_5m
+        )
+        if usage.cache_write_1h_tokens:
+            total += usage.cache_write_1h_tokens * (write_5m if write_1h is None else write_1h)
+        if usage.web_searches and search is not None:
+            total += usage.web_searches * search
+        if audio_in is not None and usage.input_audio_tokens:
+            text_in -= usage.input_audio_tokens
+            total += usage.input_audio_tokens * audio_in
+        if image_in is not None and usage.input_image_tokens:
+            text_in -= usage.input_image_tokens
+            total += usage.input_image_tokens * image_in
+        if audio_out is not None and usage.output_audio_tokens:
+            text_out -= usage.output_audio_tokens
+            total += usage.output_audio_tokens * audio_out
+        return total + max(text_in, 0) * rate_in + max(text_out, 0) * rate_out
 
     def usd(self, usage: TokenUsage, cache_read_share: Decimal | None = None) -> Decimal:
         """The exact charge for ``usage`` (embeddings: output is simply 0)."""
@@ -86,6 +122,22 @@ class Rates:
     def from_json(cls, data: dict[str, str]) -> Rates:
         """Inverse of ``to_json``."""
         return cls(**{n: Decimal(v) for n, v in data.items()})
+
+
+def _whole_picos(rates: Rates) -> tuple[int | None, ...] | None:
+    """Each rate in pico-dollars per token (per call for web searches), if all are whole numbers."""
+    out: list[int | None] = []
+    for name in RATE_FIELDS:
+        value: Decimal | None = getattr(rates, name)
+        if value is None:
+            out.append(None)
+            continue
+        # USD per million tokens → pico-dollars per token: times 1e6; per thousand calls → per call: 1e9
+        scaled = value.scaleb(9 if name == "web_search" else 6)
+        if scaled != scaled.to_integral_value():
+            return None
+        out.append(int(scaled))
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +189,14 @@ class PriceSheet:
     unmodelled: tuple[str, ...] = ()  # price keys in the source this sheet does not apply (pages, hours…)
     days_off: frozenset[date] = frozenset()  # public holidays on which the daily windows do not apply
 
-    def rates(self, at: datetime, input_tokens: int) -> Rates:
-        """The rates for a request made at ``at`` with ``input_tokens`` total input.
-
-        As genai-prices does: the last period whose constraint holds wins, else the first.
+    def rates(self, at: datetime | int, input_tokens: int) -> Rates:
+        """The rates for a request made at ``at`` (a datetime, or unix microseconds) with ``input_tokens``
+        total input. As genai-prices does: the last period whose constraint holds wins, else the first.
         """
+        if len(self.periods) == 1 and self.periods[0].since is None and self.periods[0].window is None:
+            return self.periods[0].rates(input_tokens)  # no time rule: no clock work on the hot path
+        if isinstance(at, int):
+            at = datetime.fromtimestamp(at // 1_000_000, UTC)
         at = at.astimezone(UTC)
         chosen = self.periods[0]
         for period in reversed(self.periods):
@@ -150,7 +205,7 @@ class PriceSheet:
                 break
         return chosen.rates(input_tokens)
 
-    def usd(self, usage: TokenUsage, at: datetime) -> Decimal:
+    def usd(self, usage: TokenUsage, at: datetime | int) -> Decimal:
         """The exact charge for ``usage`` at ``at``."""
         return self.rates(at, usage.input_tokens).usd(usage)
 
