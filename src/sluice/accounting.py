@@ -16,7 +16,7 @@ import time
 from sluice.errors import ModelUnpriced, SluiceError
 from sluice.keys.policy import Attribution
 from sluice.keys.service import Principal
-from sluice.ledger.entry import ERROR, OK, REFUSED, Attempt, Entry
+from sluice.ledger.entry import ERROR, OK, REFUSED, Entry
 from sluice.ledger.sink import Content, Ledger
 from sluice.metrics import Metrics
 from sluice.pricing.cost import Charge
@@ -80,17 +80,6 @@ class Accounting:
         entry.http_status = http_status
         entry.error_code = error.code if error is not None else None
         entry.latency_us = (time.perf_counter_ns() - entry.started_ns) // 1000
-        if entry.provider and not entry.attempts:  # the one upstream call (fallback will add more)
-            entry.attempts.append(
-                Attempt(
-                    entry.provider,
-                    entry.model,
-                    status,
-                    entry.upstream_status,
-                    entry.error_code,
-                    entry.upstream_us or None,
-                )
-            )
         if tokens is not None:
             entry.usage = tokens
         if charge is None:

@@ -163,8 +163,24 @@ class Entry:
             self.client_disconnected,
             self.latency_us,
             self.ttft_us,
-            orjson.dumps([a.as_json() for a in self.attempts]).decode() if self.attempts else None,
+            self._attempts_json(),
         )
+
+    def _attempts_json(self) -> str | None:
+        if self.attempts:
+            return orjson.dumps([a.as_json() for a in self.attempts]).decode()
+        if not self.provider or not self.settled:
+            return None
+        # the one upstream call of a settled request (built here, by the ledger's writer, not per request)
+        one = Attempt(
+            self.provider,
+            self.model,
+            self.status,
+            self.upstream_status,
+            self.error_code,
+            self.upstream_us or None,
+        )
+        return orjson.dumps([one.as_json()]).decode()
 
 
 def from_us(us: int) -> datetime:

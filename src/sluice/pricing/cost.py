@@ -35,9 +35,10 @@ FREE_PRESETS = frozenset({"ollama", "vllm"})  # local servers: explicitly free
 CACHE_READ_SHARE = {"dashscope": Decimal("0.4")}  # Qwen bills cached input at 40 % of the input rate
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Charge:
-    """A priced request: exact USD, the stored nano-dollars, where the price came from, and flags."""
+    """A priced request: exact USD, the stored nano-dollars, where the price came from, and flags.
+    A value (not ``frozen`` only because that costs time on every request)."""
 
     usd: Decimal
     nanos: int

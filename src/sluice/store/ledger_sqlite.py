@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import queue
 import sqlite3
@@ -23,13 +24,27 @@ from sluice.store.sqlite import SQLiteStore
 
 log = logging.getLogger("sluice.ledger")
 
-_INSERT = (  # built from the constant COLUMNS, never from input
-    f"INSERT OR REPLACE INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"  # noqa: S608
-)
+_ONE_ROW = "(" + ", ".join("?" * len(COLUMNS)) + ")"
+# Rows are inserted by chunks of these sizes, each one statement: SQLite then releases the GIL once per
+# chunk, not once per row (a per-row hand-over of the GIL to the event loop is what costs most).
+_CHUNKS = (128, 32, 8, 1)
+_MULTI = {
+    n: f"INSERT OR REPLACE INTO ledger ({', '.join(COLUMNS)}) VALUES {', '.join([_ONE_ROW] * n)}"  # noqa: S608
+    for n in _CHUNKS
+}
 _CONTENT = "INSERT OR REPLACE INTO ledger_content (request_id, request, response) VALUES (?, ?, ?)"
 _STOP = ("stop", None)
 RECONCILE_EVERY_S = 60.0
 MAX_CARRY = 200_000  # rows kept in memory while the database refuses writes
+
+
+def _insert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert (or replace) ``rows`` with as few statements as the chunk sizes allow."""
+    i = 0
+    for size in _CHUNKS:
+        while len(rows) - i >= size:
+            db.execute(_MULTI[size], list(itertools.chain.from_iterable(rows[i : i + size])))
+            i += size
 
 
 class SQLiteLedger:
@@ -159,7 +174,7 @@ class SQLiteLedger:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    db.executemany(_INSERT, rows)
+                    _insert(db, rows)
                     if contents:
                         db.executemany(_CONTENT, [(c.request_id, c.request, c.response) for c in contents])
                     db.execute("COMMIT")
