@@ -98,13 +98,18 @@ class _DisconnectWatch:
         self._task = asyncio.create_task(self._watch(receive, owner))
 
     async def _watch(self, receive: Receive, owner: asyncio.Task[Any]) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                if not self.ending:
-                    self.gone = True
-                    owner.cancel()
-                return
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    if not self.ending:
+                        self.gone = True
+                        owner.cancel()
+                    return
+        except asyncio.CancelledError:
+            # stopped: end normally, so no exception (with its traceback and frames, a reference cycle
+            # for the collector to find) outlives the request
+            return
 
     def client_left(self) -> bool:
         """After a ``CancelledError``: True (and the cancel absorbed) if the client caused it."""
@@ -117,10 +122,16 @@ class _DisconnectWatch:
 
     async def stop(self) -> None:
         """Stop watching. Never raises the watcher's own outcome; a cancel of the caller still applies."""
-        self._task.cancel()
-        await asyncio.wait([self._task])
-        if not self._task.cancelled() and self._task.exception() is not None:
-            log.warning("disconnect watcher failed", exc_info=self._task.exception())
+        task = self._task
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                raise  # the caller itself is being cancelled
+        except Exception:
+            log.warning("disconnect watcher failed", exc_info=True)
 
 
 class SluiceAPI:
