@@ -2,13 +2,17 @@
 
     .venv/bin/python bench/overhead.py            # ~8 s per measurement, about 3 minutes in all
     .venv/bin/python bench/overhead.py --quick    # ~2 s per measurement (smoke run)
+    .venv/bin/python bench/overhead.py --baseline-ref 1b24c02   # and against that commit's Sluice
 
 Starts its own emulator, a bare proxy (bench/bare_proxy.py: Sluice's stack with no gateway logic) and a
 one-worker Sluice on free loopback ports, then measures, direct, through the bare proxy and through
 Sluice: latency at concurrency 1, non-stream throughput at concurrency 64, paced streams/s at high
 concurrency, peak RSS, and the emulator's own capacity on one core. Prints a table with ratios and
-targets, then where the CPU went. Exits 0 once it has measured, whatever the numbers
-(a report, not a test); 1 only if it could not set itself up. Method: bench/README.md.
+targets, then where the CPU went. After the load, counts Sluice's ledger rows against the requests
+the load tools saw answered. With ``--baseline-ref REF``, the Sluice of commit REF (a temporary git
+worktree) runs too, pinned beside this one; the two are measured alternately (``--rounds``) and
+compared. Exits 0 once it has measured, whatever the numbers (a report, not a test); 1 only if it
+could not set itself up. Method: bench/README.md.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ import resource
 import shutil
 import signal
 import socket
+import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -64,6 +70,9 @@ NOISE_PCT = 10.0  # 'other' CPU above this (% of a core) in a window gets a warn
 CHAT_PATH_DIRECT = "/openai/v1/chat/completions"
 CHAT_PATH_SLUICE = "/v1/chat/completions"
 BARE_PROXY = Path(__file__).resolve().with_name("bare_proxy.py")
+REPO = Path(__file__).resolve().parent.parent
+BASELINE_TARGET_PCT = 10.0  # the ledger and pricing may cost less than this share of the baseline's req/s
+LEDGER_DB = "sluice.db"  # in the data directory (sluice.app.DB_FILE)
 LAUNCH = "import sys; from sluice.cli.main import main; sys.argv[0] = 'sluice'; main()"
 
 # wrk script: POST the body file with a bearer key; print one machine-readable line at the end.
@@ -334,24 +343,60 @@ def start_emulator(procs: Processes, name: str, cpu: int | None) -> tuple[int, i
     raise BenchError(f"the emulator never answered a chat request; log:\n{log_tail}")
 
 
-def start_sluice(procs: Processes, work: Path, emu_port: int, cpu: int | None) -> tuple[int, int]:
-    """Start ``sluice serve --workers 1`` on the emulator; returns (port, pid) once it answers."""
-    data_dir = work / "data"
+def write_config(work: Path, emu_port: int) -> Path:
+    """The one config every Sluice in the run serves (HEAD and, with --baseline-ref, the baseline).
+
+    Only settings both versions know: the ledger's settings keep their defaults (SQLite in the data
+    directory, 50 ms group commit), and no ``price`` is set. The provider is the ``openai`` preset with
+    its ``base_url`` pointed at the emulator, so that gpt-4o-mini is priced from genai-prices' bundled
+    data (it has no prices for ``openai_compatible``, which Sluice would refuse as unpriced). Each Sluice
+    gets its own ``--data-dir``, so that their databases (and schema versions) never meet.
+    """
     config = work / "sluice.yaml"
     config.write_text(
-        f"server: {{data_dir: {json.dumps(str(data_dir))}, log_level: warning}}\n"
+        f"server: {{data_dir: {json.dumps(str(work / 'data'))}, log_level: warning}}\n"
         "providers:\n"
-        f'  - {{name: emu, preset: openai_compatible, base_url: "http://127.0.0.1:{emu_port}/openai/v1", '
+        f'  - {{name: emu, preset: openai, base_url: "http://127.0.0.1:{emu_port}/openai/v1", '
         'api_key: "env:EMU_KEY"}\n'
         "models:\n"
         f"  - {{name: {ALIAS}, deployments: [{{provider: emu, model: {UPSTREAM_MODEL}}}]}}\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    return config
+
+
+def start_sluice(
+    procs: Processes,
+    name: str,
+    config: Path,
+    data_dir: Path,
+    cpu: int | None,
+    src: Path | None = None,
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """Start ``sluice serve --workers 1``; returns (port, process) once it answers a chat and a stream.
+
+    ``src``: run the Sluice in that source tree (a baseline worktree's ``src``) with this interpreter,
+    instead of the installed one.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_") and k != "PYTHONPATH"}
     env.update({"EMU_KEY": EMU_KEY, "SLUICE_ADMIN_KEY": ADMIN_KEY})
+    cmd = sluice_cmd()
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+        cmd = [sys.executable, "-m", "sluice.cli"]
+        where = subprocess.run(
+            [sys.executable, "-c", "import sluice; print(sluice.__file__)"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        ).stdout.strip()
+        if not Path(where).resolve().is_relative_to(src.resolve()):
+            raise BenchError(f"{name}: `import sluice` finds {where or 'nothing'}, not the tree in {src}")
     port = free_port()
-    argv = [*sluice_cmd(), "serve", "--config", str(config), "--port", str(port)]
+    argv = [*cmd, "serve", "--config", str(config), "--port", str(port)]
     argv += ["--data-dir", str(data_dir), "--workers", "1"]
-    proc, log = procs.start("sluice", argv, cpu, env)
+    proc, log = procs.start(name, argv, cpu, env)
     wait_port(port, proc, log)
     deadline = time.monotonic() + 20
     while True:
@@ -359,10 +404,58 @@ def start_sluice(procs: Processes, work: Path, emu_port: int, cpu: int | None) -
             if http_request(port, "GET", "/healthz")[0] == 200:
                 break
         if time.monotonic() > deadline or proc.poll() is not None:
-            raise BenchError(f"Sluice /healthz never answered 200; log:\n{tail(log)}")
+            raise BenchError(f"{name} /healthz never answered 200; log:\n{tail(log)}")
         time.sleep(0.1)
-    probe_chat("Sluice", port, CHAT_PATH_SLUICE, ADMIN_KEY, ALIAS, log)
-    return port, proc.pid
+    probe_chat(name, port, CHAT_PATH_SLUICE, ADMIN_KEY, ALIAS, log)
+    return port, proc
+
+
+def git(*args: str) -> str:
+    """``git -C <repo> ARGS``; its output, or BenchError."""
+    exe = shutil.which("git")
+    if exe is None:
+        raise BenchError("--baseline-ref needs git")
+    done = subprocess.run(
+        [exe, "--no-optional-locks", "-C", str(REPO), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"git {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def head_label() -> str:
+    """``sluice@<short HEAD>``, with ``+dirty`` when src/ has uncommitted changes (they are what runs)."""
+    try:
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src")
+        return f"sluice@{git('rev-parse', '--short', 'HEAD')}{'+dirty' if dirty else ''}"
+    except (BenchError, OSError, subprocess.SubprocessError):
+        return "sluice"
+
+
+@contextlib.contextmanager
+def baseline_worktree(ref: str, work: Path) -> Iterator[tuple[Path, str]]:
+    """A detached ``git worktree`` of ``ref`` inside the work directory; removed on exit, also on failure.
+
+    Yields the worktree's path and the commit's short hash.
+    """
+    try:
+        sha = git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    except BenchError as err:
+        raise BenchError(f"--baseline-ref {ref}: not a commit in {REPO}") from err
+    short = git("rev-parse", "--short", sha)
+    path = work / f"baseline-{short}"
+    git("worktree", "add", "--detach", "--quiet", str(path), sha)
+    try:
+        yield path, short
+    finally:
+        try:
+            git("worktree", "remove", "--force", str(path))
+        except (BenchError, OSError, subprocess.SubprocessError) as err:
+            print(f"warning: could not remove the worktree {path}: {err}", file=sys.stderr)
 
 
 def start_bare(procs: Processes, emu_port: int, cpu: int | None) -> tuple[int, int]:
@@ -405,6 +498,7 @@ class Load:
     p99_us: float
     tool: str
     usage: Usage = field(default_factory=Usage)
+    requests: int = 0  # answers the target sent in the whole run, warm-up included (2xx or not)
 
     @property
     def rps(self) -> float:
@@ -421,6 +515,7 @@ class Streams:
     bad: int  # non-200, transport error, or a stream not ending in ``data: [DONE]``
     wrong_events: int  # completed streams whose count of ``data:`` events was not PACED_EVENTS
     usage: Usage = field(default_factory=Usage)
+    requests: int = 0  # streams started in the whole run, warm-up included
 
     @property
     def per_s(self) -> float:
@@ -458,6 +553,7 @@ def run_wrk(wrk: str, target: Target, body_file: Path, lua: Path, conns: int, se
         p50_us=float(v["p50_us"]),
         p99_us=float(v["p99_us"]),
         tool="wrk",
+        requests=v["requests"],
     )
 
 
@@ -523,7 +619,8 @@ async def aiohttp_load(
 
         t0, t1 = await _windowed(conns, warmup, seconds, one, meter)
     window = sorted(1e6 * d for end, d in done if t0 <= end < t1)
-    return Load(len(window), errors, t1 - t0, percentile(window, 50), percentile(window, 99), "aiohttp")
+    p50, p99 = percentile(window, 50), percentile(window, 99)
+    return Load(len(window), errors, t1 - t0, p50, p99, "aiohttp", requests=len(done) + errors)
 
 
 async def paced_streams(
@@ -557,7 +654,7 @@ async def paced_streams(
 
         t0, t1 = await _windowed(conns, warmup, seconds, one, meter)
     window = sorted(1000 * d for end, d in done if t0 <= end < t1)
-    return Streams(len(window), t1 - t0, window, bad, wrong)
+    return Streams(len(window), t1 - t0, window, bad, wrong, requests=len(done) + bad)
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -569,16 +666,36 @@ class Settings:
     warmup: int
     stream_conns: int
     conns: int = 64
+    rounds: int = 1  # measurements of each Sluice, alternated (HEAD, baseline, HEAD, baseline, …)
+
+
+@dataclass(slots=True)
+class LedgerCheck:
+    """Rows in HEAD's ledger after the run against the requests the load tools saw answered."""
+
+    rows: int
+    ok_rows: int
+    priced_rows: int
+    answered: int  # requests the load tools counted (wrk's totals, the stream client's, the probes)
+    in_flight: int  # at most this many more may have reached Sluice uncounted (open when a wrk run ended)
+
+    @property
+    def matches(self) -> bool:
+        return self.answered <= self.rows <= self.answered + self.in_flight
 
 
 @dataclass(slots=True)
 class Results:
     emu_capacity: Load | None = None
-    lat: dict[str, Load] = field(default_factory=dict)
+    lat: dict[str, Load] = field(default_factory=dict)  # per Sluice: the median over its rounds
     tput: dict[str, Load] = field(default_factory=dict)
     streams: dict[str, Streams] = field(default_factory=dict)
-    rss_idle_mib: dict[str, float] = field(default_factory=dict)  # "bare", "sluice"
+    lat_rounds: dict[str, list[Load]] = field(default_factory=dict)  # per Sluice: each round
+    tput_rounds: dict[str, list[Load]] = field(default_factory=dict)
+    stream_rounds: dict[str, list[Streams]] = field(default_factory=dict)
+    rss_idle_mib: dict[str, float] = field(default_factory=dict)  # "bare", "sluice", "ref"
     rss_peak_mib: dict[str, float] = field(default_factory=dict)
+    ledger: LedgerCheck | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -590,6 +707,14 @@ class Bench:
     pinned: bool
     load_cpu: int | None
     sluice_cpu: int | None
+    baseline_ref: str | None = None
+    labels: dict[str, str] = field(default_factory=lambda: {"sluice": "sluice", "ref": "baseline"})
+    answered: dict[str, int] = field(default_factory=dict)  # per target: requests answered, warm-ups too
+    in_flight: dict[str, int] = field(default_factory=dict)  # per target: requests a wrk run left open
+
+    def _count(self, target: str, requests: int, left_open: int) -> None:
+        self.answered[target] = self.answered.get(target, 0) + requests
+        self.in_flight[target] = self.in_flight.get(target, 0) + left_open
 
     def load(self, target: Target, body: bytes, conns: int, pids: dict[str, int]) -> Load:
         """A warmed-up closed-loop non-stream run: wrk when installed, else aiohttp."""
@@ -599,12 +724,15 @@ class Bench:
             body_file = self.work / f"body-{target.name}.json"
             body_file.write_bytes(body)
             lua = self.work / "post.lua"
-            run_wrk(self.wrk, target, body_file, lua, conns, s.warmup)
+            warm = run_wrk(self.wrk, target, body_file, lua, conns, s.warmup)
             meter.start()
             result = run_wrk(self.wrk, target, body_file, lua, conns, s.seconds)
             meter.stop()
+            # wrk counts the answers it read; up to `conns` requests are still open when it stops
+            self._count(target.name, warm.requests + result.requests, 2 * conns)
         else:
             result = run_async(aiohttp_load(target, body, conns, s.warmup, s.seconds, meter))
+            self._count(target.name, result.requests, 0)  # every loop finishes its request
         result.usage = meter.usage
         return result
 
@@ -613,13 +741,74 @@ class Bench:
         meter = Meter(pids)
         result = run_async(paced_streams(target, body, s.stream_conns, s.warmup, s.seconds, meter))
         result.usage = meter.usage
+        self._count(target.name, result.requests, 0)
         return result
+
+
+def _median(values: Sequence[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return statistics.median(vals) if vals else math.nan
+
+
+def _cpu_per_unit(usage: Usage, party: str, count: int) -> float:
+    """CPU seconds of ``party`` per completed request or stream (nan when none completed)."""
+    return usage.cpu_s.get(party, 0.0) / count if count else math.nan
+
+
+def median_load(loads: list[Load], party: str) -> Load:
+    """One Load standing for several rounds: median req/s, percentiles and CPU per request."""
+    if len(loads) == 1:
+        return loads[0]
+    seconds = _median([x.seconds for x in loads])
+    ok = round(_median([x.rps for x in loads]) * seconds)
+    cpu = _median([_cpu_per_unit(x.usage, party, x.ok) for x in loads])
+    usage = Usage([], {party: cpu * ok if not math.isnan(cpu) else 0.0}, seconds)
+    p50, p99 = _median([x.p50_us for x in loads]), _median([x.p99_us for x in loads])
+    errors, requests = sum(x.errors for x in loads), sum(x.requests for x in loads)
+    return Load(ok, errors, seconds, p50, p99, loads[0].tool, usage, requests)
+
+
+def median_streams(runs: list[Streams], party: str) -> Streams:
+    """One Streams standing for several rounds: median streams/s and CPU per stream, pooled durations."""
+    if len(runs) == 1:
+        return runs[0]
+    seconds = _median([x.seconds for x in runs])
+    completed = round(_median([x.per_s for x in runs]) * seconds)
+    cpu = _median([_cpu_per_unit(x.usage, party, x.completed) for x in runs])
+    usage = Usage([], {party: cpu * completed if not math.isnan(cpu) else 0.0}, seconds)
+    durations = sorted(d for x in runs for d in x.durations_ms)
+    bad, wrong = sum(x.bad for x in runs), sum(x.wrong_events for x in runs)
+    return Streams(completed, seconds, durations, bad, wrong, usage, sum(x.requests for x in runs))
+
+
+def count_ledger(db: Path) -> tuple[int, int, int] | None:
+    """Rows in the ledger, those settled ``ok``, and those with a cost; None if there is no ledger."""
+    if not db.exists():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as con:
+            rows, ok, priced = con.execute(
+                "SELECT count(*), coalesce(sum(status = 'ok'), 0), coalesce(sum(cost_nanos > 0), 0)"
+                " FROM ledger"
+            ).fetchone()
+    except sqlite3.Error:
+        return None
+    return int(rows), int(ok), int(priced)
 
 
 def run(b: Bench, res: Results) -> None:
     s = b.settings
-    procs = Processes(b.work)
-    try:
+    with contextlib.ExitStack() as stack:
+        # Entered first, left last: the worktree is removed after every process using it has stopped.
+        baseline_src: Path | None = None
+        if b.baseline_ref:
+            print(f"• git worktree of {b.baseline_ref} …", flush=True)
+            tree_dir, short = stack.enter_context(baseline_worktree(b.baseline_ref, b.work))
+            baseline_src = tree_dir / "src"
+            b.labels["ref"] = f"sluice@{short}"
+        procs = Processes(b.work)
+        stack.callback(procs.stop_all)
+
         print("• emulator capacity (alone on one core) …", flush=True)
         cap_port, cap_pid = start_emulator(procs, "emulator-capacity", b.sluice_cpu)
         cap = Target("capacity", f"http://127.0.0.1:{cap_port}{CHAT_PATH_DIRECT}", "x", UPSTREAM_MODEL)
@@ -627,30 +816,70 @@ def run(b: Bench, res: Results) -> None:
         procs.stop_all()
 
         emu_port, emu_pid = start_emulator(procs, "emulator", b.load_cpu)
-        # Both proxies share the proxy core; the one not being measured sits idle (see the CPU table).
+        config = write_config(b.work, emu_port)
+        # Every proxy shares the proxy core; those not being measured sit idle (see the CPU table).
         bare_port, bare_pid = start_bare(procs, emu_port, b.sluice_cpu)
-        sluice_port, sluice_pid = start_sluice(procs, b.work, emu_port, b.sluice_cpu)
-        proxies = {"bare": bare_pid, "sluice": sluice_pid}
+        sluice_port, sluice_proc = start_sluice(procs, "sluice", config, b.work / "data", b.sluice_cpu)
+        b._count("sluice", 2, 0)  # the probe chat and stream
+        proxies = {"bare": bare_pid, "sluice": sluice_proc.pid}
+        sluices = [Target("sluice", f"http://127.0.0.1:{sluice_port}{CHAT_PATH_SLUICE}", ADMIN_KEY, ALIAS)]
+        if baseline_src is not None:
+            print(f"• starting {b.labels['ref']} from the worktree …", flush=True)
+            data = b.work / "data-baseline"
+            ref_port, ref_proc = start_sluice(procs, "ref", config, data, b.sluice_cpu, baseline_src)
+            proxies["ref"] = ref_proc.pid
+            sluices.append(Target("ref", f"http://127.0.0.1:{ref_port}{CHAT_PATH_SLUICE}", ADMIN_KEY, ALIAS))
         res.rss_idle_mib = {name: peak_rss_mib(pid) for name, pid in proxies.items()}
         pids = {"emulator": emu_pid, **proxies}
         direct = Target("direct", f"http://127.0.0.1:{emu_port}{CHAT_PATH_DIRECT}", "x", UPSTREAM_MODEL)
         bare = Target("bare", f"http://127.0.0.1:{bare_port}{CHAT_PATH_SLUICE}", "x", UPSTREAM_MODEL)
-        sluice = Target("sluice", f"http://127.0.0.1:{sluice_port}{CHAT_PATH_SLUICE}", ADMIN_KEY, ALIAS)
-        for t in (direct, bare, sluice):
-            print(f"• c=1 latency, {t.name} …", flush=True)
-            res.lat[t.name] = b.load(t, chat_body(t.model), 1, pids)
-        for t in (direct, bare, sluice):
-            print(f"• c={s.conns} non-stream throughput, {t.name} …", flush=True)
-            res.tput[t.name] = b.load(t, chat_body(t.model), s.conns, pids)
         # The pacing reaches the emulator as a header when direct, as a directive inside the message
-        # (which travels through either proxy untouched) otherwise.
+        # (which travels through any proxy untouched) otherwise.
         paced_direct = Target(direct.name, direct.url, "x", UPSTREAM_MODEL, {"x-emulator-fault": PACE_SPEC})
-        for t, directive in ((paced_direct, ""), (bare, PACE_SPEC), (sluice, PACE_SPEC)):
-            print(f"• c={s.stream_conns} paced streams, {t.name} …", flush=True)
-            res.streams[t.name] = b.streams(t, chat_body(t.model, stream=True, directive=directive), pids)
+        label = {"direct": "direct", "bare": "bare proxy", **b.labels}
+
+        def lat(t: Target, suffix: str = "") -> Load:
+            print(f"• c=1 latency, {label[t.name]}{suffix} …", flush=True)
+            return b.load(t, chat_body(t.model), 1, pids)
+
+        def tput(t: Target, suffix: str = "") -> Load:
+            print(f"• c={s.conns} non-stream throughput, {label[t.name]}{suffix} …", flush=True)
+            return b.load(t, chat_body(t.model), s.conns, pids)
+
+        def streams(t: Target, suffix: str = "") -> Streams:
+            print(f"• c={s.stream_conns} paced streams, {label[t.name]}{suffix} …", flush=True)
+            if t.name == "direct":
+                return b.streams(paced_direct, chat_body(t.model, stream=True), pids)
+            return b.streams(t, chat_body(t.model, stream=True, directive=PACE_SPEC), pids)
+
+        def alternated(measure: Callable[[Target, str], T]) -> dict[str, list[T]]:
+            """Each Sluice ``s.rounds`` times, alternating, so that a noisy spell of the VM hits both."""
+            runs: dict[str, list[T]] = {}
+            for i in range(s.rounds):
+                for t in sluices:
+                    suffix = f" (round {i + 1} of {s.rounds})" if s.rounds > 1 else ""
+                    runs.setdefault(t.name, []).append(measure(t, suffix))
+            return runs
+
+        res.lat.update({t.name: lat(t) for t in (direct, bare)})
+        res.lat_rounds = alternated(lat)
+        res.lat.update({name: median_load(runs, name) for name, runs in res.lat_rounds.items()})
+        res.tput.update({t.name: tput(t) for t in (direct, bare)})
+        res.tput_rounds = alternated(tput)
+        res.tput.update({name: median_load(runs, name) for name, runs in res.tput_rounds.items()})
+        res.streams.update({t.name: streams(t) for t in (direct, bare)})
+        res.stream_rounds = alternated(streams)
+        res.streams.update({name: median_streams(runs, name) for name, runs in res.stream_rounds.items()})
         res.rss_peak_mib = {name: peak_rss_mib(pid) for name, pid in proxies.items()}
-    finally:
-        procs.stop_all()
+
+        # Stop HEAD gracefully (its ledger commits what is queued), then count what it wrote.
+        procs.stop(sluice_proc)
+        counted = count_ledger(b.work / "data" / LEDGER_DB)
+        if counted is None:
+            res.notes.append(f"no ledger found in {b.work / 'data' / LEDGER_DB}")
+        else:
+            answered, open_ = b.answered.get("sluice", 0), b.in_flight.get("sluice", 0)
+            res.ledger = LedgerCheck(*counted, answered=answered, in_flight=open_)
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -808,39 +1037,135 @@ def main_rows(res: Results, s: Settings) -> list[list[str]]:
     return rows
 
 
-def usages(res: Results, s: Settings) -> list[tuple[str, Usage]]:
+def usages(res: Results, b: Bench) -> list[tuple[str, Usage]]:
+    """Each measurement window's CPU; a Sluice measured in several rounds has one line per round."""
+    s = b.settings
     runs: list[tuple[str, Usage]] = []
     if res.emu_capacity:
         runs.append(("emulator capacity", res.emu_capacity.usage))
-    runs += [(f"c=1 {name}", v.usage) for name, v in res.lat.items()]
-    runs += [(f"c={s.conns} {name}", v.usage) for name, v in res.tput.items()]
-    runs += [(f"paced c={s.stream_conns} {name}", v.usage) for name, v in res.streams.items()]
+    sections: tuple[tuple[str, dict[str, Load] | dict[str, Streams], dict[str, Any]], ...] = (
+        ("c=1", res.lat, res.lat_rounds),
+        (f"c={s.conns}", res.tput, res.tput_rounds),
+        (f"paced c={s.stream_conns}", res.streams, res.stream_rounds),
+    )
+    for prefix, results, rounds in sections:
+        for name, v in results.items():
+            label = b.labels.get(name, name)
+            each = rounds.get(name, [])
+            if len(each) > 1:
+                runs += [(f"{prefix} {label} #{i}", x.usage) for i, x in enumerate(each, 1)]
+            else:
+                runs.append((f"{prefix} {label}", v.usage))
     return runs
 
 
-def cpu_rows(res: Results, s: Settings) -> list[list[str]]:
-    runs = usages(res, s)
+def cpu_rows(res: Results, b: Bench) -> list[list[str]]:
+    runs = usages(res, b)
     ncores = max((len(u.core_busy) for _, u in runs), default=0)
-    rows = [
-        [
-            "measurement",
-            *(f"cpu{i} busy" for i in range(ncores)),
-            *("client/wrk", "emulator", "bare proxy", "Sluice", "other"),
-        ]
-    ]
+    parties = ["load", "emulator", "bare", "sluice", *(["ref"] if "ref" in res.tput else []), "other"]
+    heads = {"load": "client/wrk", "bare": "bare proxy", "sluice": "Sluice", "ref": b.labels["ref"]}
+    rows = [["measurement", *(f"cpu{i} busy" for i in range(ncores)), *(heads.get(p, p) for p in parties)]]
     for name, u in runs:
-        parties = [
-            f"{u.pct(p):.0f}%" if p in u.cpu_s else "-"
-            for p in ("load", "emulator", "bare", "sluice", "other")
-        ]
-        rows.append([name, *(f"{b:.0f}%" for b in u.core_busy), *parties])
+        cells = [f"{u.pct(p):.0f}%" if p in u.cpu_s else "-" for p in parties]
+        rows.append([name, *(f"{x:.0f}%" for x in u.core_busy), *cells])
     return rows
+
+
+def _each(values: Sequence[float], fmt: Callable[[float], str]) -> str:
+    return " / ".join(fmt(v) for v in values)
+
+
+def _compare(name: str, head: float, base: float, unit: str, rounds: Sequence[Sequence[float]]) -> list[str]:
+    """A row: HEAD's median, the baseline's, HEAD ÷ base, HEAD minus base, then each round of both."""
+    diff = "-" if math.isnan(head - base) else f"{head - base:+,.0f} {unit}"
+    return [name, _n(head), _n(base), _ratio(base, head), diff, *(_each(r, _n) for r in rounds)]
+
+
+def baseline_rows(res: Results, b: Bench) -> list[list[str]]:
+    """HEAD against the baseline: medians of the alternated rounds, the ratio, and every round."""
+    head, base = b.labels["sluice"], b.labels["ref"]
+    rows = [["measurement", head, base, "HEAD ÷ base", "HEAD minus base", f"rounds {head}", f"rounds {base}"]]
+    both = ("sluice", "ref")
+    blank = ["", "", "", ""]
+    lh, lr = res.lat.get("sluice"), res.lat.get("ref")
+    if lh and lr:
+        p50s = [[x.p50_us for x in res.lat_rounds[k]] for k in both]
+        p99s = [[x.p99_us for x in res.lat_rounds[k]] for k in both]
+        rows.append(_compare("c=1 latency p50 (µs)", lh.p50_us, lr.p50_us, "µs", p50s))
+        rows.append(_compare("c=1 latency p99 (µs)", lh.p99_us, lr.p99_us, "µs", p99s))
+        direct = res.lat.get("direct")
+        if direct:
+            added = [_n(x.p50_us - direct.p50_us) for x in (lh, lr)]
+            rows.append(["  c=1 added p50 over direct (µs)", *added, *blank])
+    th, tr = res.tput.get("sluice"), res.tput.get("ref")
+    if th and tr:
+        rps = [[x.rps for x in res.tput_rounds[k]] for k in both]
+        cpu = [[1e6 * _cpu_per_unit(x.usage, k, x.ok) for x in res.tput_rounds[k]] for k in both]
+        ch, cr = (1e6 * _cpu_per_unit(x.usage, k, x.ok) for x, k in zip((th, tr), both, strict=True))
+        rows += [
+            _compare(f"non-stream req/s, c={b.settings.conns}", th.rps, tr.rps, "req/s", rps),
+            _compare("  CPU per request (µs)", ch, cr, "µs", cpu),
+            [
+                f"  c={b.settings.conns} latency p50 (ms)",
+                *(f"{x.p50_us / 1000:.1f}" for x in (th, tr)),
+                *blank,
+            ],
+            ["  errors (non-2xx, socket)", str(th.errors), str(tr.errors), *blank],
+        ]
+    sh, sr = res.streams.get("sluice"), res.streams.get("ref")
+    if sh and sr:
+        per_s = [[x.per_s for x in res.stream_rounds[k]] for k in both]
+        cpu = [[1e6 * _cpu_per_unit(x.usage, k, x.completed) for x in res.stream_rounds[k]] for k in both]
+        ch, cr = (1e6 * _cpu_per_unit(x.usage, k, x.completed) for x, k in zip((sh, sr), both, strict=True))
+        rows += [
+            _compare(f"paced streams/s, c={b.settings.stream_conns}", sh.per_s, sr.per_s, "/s", per_s),
+            _compare("  CPU per stream (µs)", ch, cr, "µs", cpu),
+            ["  bad streams", str(sh.bad), str(sr.bad), *blank],
+        ]
+    peak = res.rss_peak_mib
+    if "sluice" in peak and "ref" in peak:
+        h, r = peak["sluice"], peak["ref"]
+        rows.append(
+            ["peak RSS, VmHWM (MB)", f"{h:.1f}", f"{r:.1f}", _ratio(r, h), f"{h - r:+.1f} MB", "", ""]
+        )
+    return rows
+
+
+def baseline_verdict(res: Results, b: Bench) -> list[str]:
+    th, tr = res.tput.get("sluice"), res.tput.get("ref")
+    lh, lr = res.lat.get("sluice"), res.lat.get("ref")
+    if not (th and tr and tr.rps > 0):
+        return []
+    cost = 100.0 * (1.0 - th.rps / tr.rps)
+    head, base, n = b.labels["sluice"], b.labels["ref"], b.settings.rounds
+    lines = [
+        (
+            f"ledger and pricing cost {cost:.1f} % of pre-issue throughput ({head} {th.rps:,.0f} req/s "
+            f"against {base} {tr.rps:,.0f} req/s at c={b.settings.conns}, median of {n} alternated "
+            f"round(s) each): {_verdict(cost < BASELINE_TARGET_PCT)} (target < {BASELINE_TARGET_PCT:.0f} %)"
+        )
+    ]
+    if lh and lr:
+        lines.append(f"c=1 p50 latency, HEAD minus baseline: {lh.p50_us - lr.p50_us:+,.0f} µs")
+    return lines
+
+
+def ledger_line(check: LedgerCheck, label: str) -> str:
+    verdict = "OK" if check.matches else "MISMATCH"
+    return (
+        f"ledger of {label}: {check.rows:,} rows ({check.ok_rows:,} ok, {check.priced_rows:,} with a cost); "
+        f"requests answered per the load tools: {check.answered:,} (+ at most {check.in_flight:,} open when "
+        f"a wrk run stopped): {verdict}"
+    )
 
 
 def report(res: Results, b: Bench) -> None:
     s = b.settings
+    proxies = (
+        "Sluice, the baseline Sluice and the bare proxy" if "ref" in res.tput else "Sluice and the bare proxy"
+    )
     layout = (
-        f"Sluice and the bare proxy pinned to cpu{b.sluice_cpu}; emulator, clients and wrk to cpu{b.load_cpu}"
+        f"{proxies} pinned to cpu{b.sluice_cpu}; emulator, clients and wrk to cpu{b.load_cpu}"
         if b.pinned
         else "nothing pinned (fewer than 2 usable cores)"
     )
@@ -852,12 +1177,25 @@ def report(res: Results, b: Bench) -> None:
         f"non-stream load: {tool}; paced streams: aiohttp ({PACE_SPEC}); "
         f"{s.seconds} s per measurement after {s.warmup} s warm-up"
     )
+    rounds = f", median of {s.rounds} rounds" if s.rounds > 1 else ""
+    print(f"sluice = {b.labels['sluice']} (the working tree){rounds}")
     print()
     print("\n".join(_table(main_rows(res, s), left=(0, 6, 7))))
+    if "ref" in res.tput:
+        print()
+        print(
+            f"{b.labels['sluice']} against {b.labels['ref']}, alternated "
+            f"(HEAD, baseline, HEAD, baseline, …; medians of {s.rounds} rounds, then each round):"
+        )
+        print("\n".join(_table(baseline_rows(res, b), left=(0,))))
+        for line in baseline_verdict(res, b):
+            print(line)
+    if res.ledger:
+        print(ledger_line(res.ledger, b.labels["sluice"]))
     print()
     print("CPU during each measurement window (% of one core; 'other' = busy time of other processes):")
-    print("\n".join(_table(cpu_rows(res, s))))
-    noisy = [(name, u.pct("other")) for name, u in usages(res, s) if u.pct("other") > NOISE_PCT]
+    print("\n".join(_table(cpu_rows(res, b))))
+    noisy = [(name, u.pct("other")) for name, u in usages(res, b) if u.pct("other") > NOISE_PCT]
     if noisy:
         worst = max(noisy, key=lambda x: x[1])
         res.notes.append(
@@ -879,7 +1217,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stream-concurrency", type=int, default=512, help="paced streams in flight")
     parser.add_argument("--no-wrk", action="store_true", help="use the aiohttp load generator even with wrk")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (config, logs)")
+    parser.add_argument(
+        "--baseline-ref",
+        metavar="REF",
+        help="also run the Sluice of git REF (a temporary worktree) and compare it with this one",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="runs of each Sluice, alternating with the baseline (default: 2 with --baseline-ref, else 1)",
+    )
     args = parser.parse_args(argv)
+    rounds = args.rounds if args.rounds is not None else (2 if args.baseline_ref else 1)
+    if rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     def on_term(signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)  # so that the finally blocks stop the children
@@ -895,12 +1246,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if load_cpu is not None:
         os.sched_setaffinity(0, {load_cpu})  # this process runs the aiohttp clients; wrk inherits it
     settings = Settings(
-        seconds=2 if args.quick else 8, warmup=1 if args.quick else 2, stream_conns=args.stream_concurrency
+        seconds=2 if args.quick else 8,
+        warmup=1 if args.quick else 2,
+        stream_conns=args.stream_concurrency,
+        rounds=rounds,
     )
     work = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
     (work / "post.lua").write_text(WRK_LUA)
     wrk = None if args.no_wrk else shutil.which("wrk")
-    bench = Bench(settings, work, wrk, pinned, load_cpu, sluice_cpu)
+    bench = Bench(settings, work, wrk, pinned, load_cpu, sluice_cpu, args.baseline_ref)
+    bench.labels["sluice"] = head_label()
     res = Results()
     keep = args.keep
     try:

@@ -326,7 +326,12 @@ def test_spend_report_and_its_errors(served: Served) -> None:
     status, body, headers = served.get("/admin/spend?by=alias,day&format=csv")
     assert status == 200 and headers["content-type"] == "text/csv"
     assert body.decode().splitlines()[0].startswith("alias,day,requests,")
-    for query, param in [("by=colour", "by"), ("since=yesterday", "since"), ("top=0", "top")]:
+    for query, param in [
+        ("by=colour", "by"),
+        ("since=yesterday", "since"),
+        ("top=0", "top"),
+        ("format=xml", "format"),
+    ]:
         status, body, _ = served.get(f"/admin/spend?{query}")
         assert status == 400, query
         assert orjson.loads(body)["error"]["param"] == param

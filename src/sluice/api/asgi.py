@@ -490,6 +490,9 @@ class SluiceAPI:
     async def _spend(self, req: Request) -> None:
         await self._admin(req)
         query = parse_qs(req.scope.get("query_string", b"").decode("latin-1"))
+        fmt = query.get("format", ["json"])[0]
+        if fmt not in ("json", "csv"):
+            raise InvalidRequest("'format' must be json or csv.", param="format")
         report = await spend_report(
             self.accounting.ledger,
             by=query.get("by", ["feature"])[0],
@@ -497,7 +500,7 @@ class SluiceAPI:
             until=query.get("until", [None])[0],
             top=_int_param(query.get("top", [None])[0], "top"),
         )
-        if query.get("format", ["json"])[0] == "csv":
+        if fmt == "csv":
             await self._respond(req, 200, report.to_csv().encode(), [(b"content-type", b"text/csv")])
         else:
             await self._respond(req, 200, report.to_json(), self._headers(req, [], JSON_HEADERS))
