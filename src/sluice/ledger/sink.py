@@ -1,14 +1,11 @@
 """The interface every ledger backend keeps, and the group-commit batching they share. Pure.
 
-``open``/``settle`` are called on the hot path and never block: they hand the entry to the backend's
-writer, which commits whatever has accumulated as one transaction (group commit) and builds the rows
-there, off the request's path. A request that settled before the commit is written once, settled; one
-still running is written pending (it reached the provider: a crash cannot lose it) and replaced when it
-settles. Pending rows older than every deadline are marked ``interrupted``.
-
-An entry is never changed after ``settle``, so its row is read safely by the writer. A pending row may be
-read while the entry is being settled: it can then mix the two states, but it is always replaced, in the
-same commit or the next, by the settled row that is handed over after it.
+``open``/``settle`` are called on the hot path and never block: they append the entry to the backend's
+list; its writer task (on the same event loop) commits whatever has accumulated as one transaction
+(group commit) and builds the rows then, off the request's path. A request that settled before the
+commit is written once, settled; one still running is written pending (it reached the provider: a crash
+cannot lose it) and replaced when it settles. Pending rows older than every deadline are marked
+``interrupted``. An entry is never changed after ``settle``.
 """
 
 from __future__ import annotations
