@@ -45,6 +45,9 @@ class Attribution:
     tags: dict[str, str] | None
 
 
+_NOBODY = Attribution(None, None, None)
+
+
 def _name(value: str, what: str, limit: int) -> str:
     if len(value) > limit or not _NAME.fullmatch(value):
         raise InvalidRequest(
@@ -82,6 +85,10 @@ def attribute(
     ``metadata`` (OpenAI's string map) contributes ``feature`` and, as tags, its other pairs.
     """
     metadata = body.get("metadata")
+    if metadata is None and feature_header is None and tags_header is None and not policy.require_feature:
+        user = user_header or body.get("safety_identifier") or body.get("user")
+        if user is None:
+            return _NOBODY  # the common case: nothing to attribute, nothing to check
     meta: dict[str, str] = (
         {k: v for k, v in metadata.items() if isinstance(k, str) and isinstance(v, str)}
         if isinstance(metadata, dict)

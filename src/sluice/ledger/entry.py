@@ -172,15 +172,15 @@ class Entry:
         if not self.provider or not self.settled:
             return None
         # the one upstream call of a settled request (built here, by the ledger's writer, not per request)
-        one = Attempt(
-            self.provider,
-            self.model,
-            self.status,
-            self.upstream_status,
-            self.error_code,
-            self.upstream_us or None,
-        )
-        return orjson.dumps([one.as_json()]).decode()
+        one = {
+            "provider": self.provider,
+            "model": self.model,
+            "status": self.status,
+            "http_status": self.upstream_status,
+            "error_code": self.error_code,
+            "latency_us": self.upstream_us or None,
+        }
+        return orjson.dumps((one,)).decode()
 
 
 def from_us(us: int) -> datetime:

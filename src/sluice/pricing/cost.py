@@ -35,15 +35,30 @@ FREE_PRESETS = frozenset({"ollama", "vllm"})  # local servers: explicitly free
 CACHE_READ_SHARE = {"dashscope": Decimal("0.4")}  # Qwen bills cached input at 40 % of the input rate
 
 
-@dataclass(slots=True)
 class Charge:
     """A priced request: exact USD, the stored nano-dollars, where the price came from, and flags.
-    A value (not ``frozen`` only because that costs time on every request)."""
 
-    usd: Decimal
-    nanos: int
-    source: str
-    at_ceiling: bool = False
+    The exact amount is kept as whole pico-dollars when the rates allowed it, and made a ``Decimal`` only
+    when asked for (the stored nano-dollars are all a request needs).
+    """
+
+    __slots__ = ("_exact", "at_ceiling", "nanos", "source")
+
+    def __init__(self, usd: Decimal | int, nanos: int, source: str, at_ceiling: bool = False) -> None:
+        self._exact = usd  # Decimal USD, or int pico-dollars
+        self.nanos = nanos
+        self.source = source
+        self.at_ceiling = at_ceiling
+
+    @property
+    def usd(self) -> Decimal:
+        """The exact charge in USD."""
+        exact = self._exact
+        return Decimal(exact).scaleb(-12) if isinstance(exact, int) else exact
+
+    def __repr__(self) -> str:
+        flags = ", at_ceiling=True" if self.at_ceiling else ""
+        return f"Charge(usd={self.usd!r}, nanos={self.nanos}, source={self.source!r}{flags})"
 
 
 def to_nanos(usd: Decimal) -> int:
@@ -99,4 +114,4 @@ def _priced(rates: Rates, usage: TokenUsage, source: str, *, at_ceiling: bool = 
     if pico is None:
         usd = rates.usd(usage)
         return Charge(usd, to_nanos(usd), source, at_ceiling)
-    return Charge(Decimal(pico).scaleb(-12), -(-pico // 1000), source, at_ceiling)
+    return Charge(pico, -(-pico // 1000), source, at_ceiling)
