@@ -75,7 +75,6 @@ class Accounting:
         """Price and record the request's final state (once: a second call is ignored)."""
         if entry.settled:
             return
-        entry.settled = True
         entry.status = status
         entry.http_status = http_status
         entry.error_code = error.code if error is not None else None

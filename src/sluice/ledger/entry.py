@@ -69,29 +69,6 @@ COLUMNS = (
 
 
 @dataclass(slots=True)
-class Attempt:
-    """One upstream call made for the request."""
-
-    provider: str
-    model: str
-    status: str
-    http_status: int
-    error_code: str | None = None
-    latency_us: int | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        """The JSON form stored in the row's ``attempts`` column."""
-        return {
-            "provider": self.provider,
-            "model": self.model,
-            "status": self.status,
-            "http_status": self.http_status,
-            "error_code": self.error_code,
-            "latency_us": self.latency_us,
-        }
-
-
-@dataclass(slots=True)
 class Entry:
     """A request as the ledger records it (mutated by the request's own task only)."""
 
@@ -118,14 +95,17 @@ class Entry:
     client_disconnected: bool = False
     latency_us: int | None = None
     ttft_us: int | None = None
-    attempts: list[Attempt] = field(default_factory=list)
     # --- not stored: what settlement needs to know ---------------------------------------------------
     started_ns: int = 0  # perf_counter_ns() at arrival
     input_estimate: int = 0  # prompt tokens guessed from the body size, for requests that never finish
     pricer: Pricer | None = None  # set when a deployment is chosen: the request may reach a provider
     upstream_status: int = 0  # the provider's HTTP status (0: no answer)
     upstream_us: int = 0  # time spent waiting for the provider's answer (or a stream's first substance)
-    settled: bool = False
+
+    @property
+    def settled(self) -> bool:
+        """True once the request's final state is recorded (an entry never changes after that)."""
+        return self.status != PENDING
 
     def row(self) -> tuple[Any, ...]:
         """The values for ``COLUMNS`` (a snapshot: later changes to the entry do not alter it)."""
@@ -167,11 +147,9 @@ class Entry:
         )
 
     def _attempts_json(self) -> str | None:
-        if self.attempts:
-            return orjson.dumps([a.as_json() for a in self.attempts]).decode()
+        """The upstream calls made (one today; fallback will add more), built by the ledger's writer."""
         if not self.provider or not self.settled:
             return None
-        # the one upstream call of a settled request (built here, by the ledger's writer, not per request)
         one = {
             "provider": self.provider,
             "model": self.model,

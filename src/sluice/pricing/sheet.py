@@ -110,10 +110,6 @@ class Rates:
             total += (usage.web_searches * self.web_search).scaleb(3)  # per thousand = 1000 per million
         return total.scaleb(-6)  # per million: an exact exponent shift, whatever the context precision
 
-    def is_free(self) -> bool:
-        """True when every rate is zero (``price: 0``)."""
-        return all(not getattr(self, name) for name in RATE_FIELDS)
-
     def to_json(self) -> dict[str, str]:
         """The set rates as decimal strings."""
         return {n: str(v) for n in RATE_FIELDS if (v := getattr(self, n)) is not None}

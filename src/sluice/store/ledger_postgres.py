@@ -50,7 +50,6 @@ class PostgresLedger:
         self._progress = asyncio.Condition()
         self._pool: asyncpg.Pool | None = None
         self._task: asyncio.Task[None] | None = None
-        self.written = 0
 
     def open(self, entry: Entry) -> None:
         """Hand over a request about to reach a provider."""
@@ -132,7 +131,6 @@ class PostgresLedger:
             await conn.executemany(_INSERT, rows)
             if contents:
                 await conn.executemany(_CONTENT, [(c.request_id, c.request, c.response) for c in contents])
-        self.written += len(rows)
 
     async def _reconcile(self) -> None:
         cutoff = int(time.time() * 1_000_000) - self._stale_after_us

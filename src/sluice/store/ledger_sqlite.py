@@ -74,7 +74,6 @@ class SQLiteLedger:
         self._checkpointer: threading.Thread | None = None
         self._stopping = threading.Event()
         self._last_reconcile = 0.0
-        self.written = 0  # rows committed (pending and settled writes), for metrics and tests
 
     # --- the hot path -------------------------------------------------------------------------------
 
@@ -175,7 +174,6 @@ class SQLiteLedger:
             db.execute("ROLLBACK")
             log.warning("ledger write failed; retrying at the next tick", exc_info=True)
             return False
-        self.written += len(rows)
         return True
 
     def _checkpoints(self) -> None:
