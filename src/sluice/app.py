@@ -93,20 +93,15 @@ def unpriced(routes: Mapping[str, Route]) -> list[str]:
         "requests are refused until the config sets `price` (or `ceiling`) for it"
         for route in routes.values()
         for dep in route.deployments
-        if not dep.pricer.is_chargeable()
+        if not dep.pricer.chargeable
     ]
 
 
 def priced_routes(config: Config, *, cache: bool = True) -> dict[str, Route]:
     """The routing table with every deployment's prices resolved (genai-prices read once, cached in
     the data directory unless ``cache`` is false)."""
-    pairs = [
-        (prov.preset, dep.model)
-        for model in config.models
-        for dep in model.deployments
-        for prov in config.providers
-        if prov.name == dep.provider
-    ]
+    presets = {p.name: p.preset for p in config.providers}
+    pairs = [(presets[dep.provider], dep.model) for model in config.models for dep in model.deployments]
     return build_routes(config, load_sheets(pairs, Path(config.server.data_dir) if cache else None))
 
 

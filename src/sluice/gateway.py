@@ -61,6 +61,7 @@ class StreamReply:
     _entry: Entry
     _events: AsyncGenerator[list[Event], None] | None = None
     charge: Charge | None = None  # priced when the stream finished with usage
+    final_tokens: TokenUsage | None = None  # the usage of a stream that finished, normalised once
     _pending: list[bytes] = field(default_factory=list)
     _error: SluiceError | None = None
 
@@ -131,7 +132,7 @@ class StreamReply:
             raise UpstreamError(
                 f"Provider {self._deployment.target.provider!r} ended the stream before it was complete."
             )
-        tokens = translator.tokens()
+        tokens = self.final_tokens = translator.tokens()
         if tokens is not None:  # priced now, so the final usage chunk can carry the cost
             self.charge = self._deployment.pricer.charge(tokens, self._entry.ts_us)
         yield b"".join(translator.finish(usd_text(self.charge.nanos) if self.charge else None))
@@ -189,7 +190,7 @@ class Gateway:
     def _admit(self, route: Route, entry: Entry) -> Deployment:
         """Choose the deployment, refuse an unpriced one, and open the ledger row before calling it."""
         dep = route.deployments[0]
-        if not dep.pricer.is_chargeable():
+        if not dep.pricer.chargeable:
             raise ModelUnpriced(
                 f"The model '{route.alias}' has no known price; the operator must configure one (or a "
                 "ceiling) before it can be used.",

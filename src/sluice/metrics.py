@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 
+from sluice.aio import cancel_and_wait
 from sluice.ledger.entry import Entry
 
 log = logging.getLogger("sluice.metrics")
@@ -162,9 +163,7 @@ class Metrics:
     async def close(self) -> None:
         """Write the final totals and stop."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         with contextlib.suppress(OSError):
             self._write_share()

@@ -211,12 +211,12 @@ def test_golden_case(path: Path) -> None:
 
     if source == "unpriced":
         assert case["expected_error"] == "model_unpriced"
-        assert not pricer.is_chargeable()  # admission refuses it before it reaches a provider
+        assert not pricer.chargeable  # admission refuses it before it reaches a provider
         with pytest.raises(ModelUnpriced):
             pricer.charge(usage, at)
         return
 
-    assert pricer.is_chargeable()
+    assert pricer.chargeable
     charge = pricer.charge(usage, at)
     assert (charge.nanos, mismatches) == (case["expected_nanos"], []), "\n".join(
         [f"{path.name}: {case['working']}", *mismatches]

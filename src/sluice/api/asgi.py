@@ -426,7 +426,7 @@ class SluiceAPI:
                 entry,
                 OK,
                 200,
-                tokens=stream.tokens,
+                tokens=stream.final_tokens,
                 delivered=stream.delivered(),
                 charge=stream.charge,
                 content=content,

@@ -14,7 +14,7 @@ Where a price comes from, in order:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import ROUND_CEILING, Decimal
 
@@ -76,19 +76,18 @@ class Pricer:
     sheet: PriceSheet | None = None  # genai-prices' prices for this model, resolved at startup
     ceiling: Rates | None = None  # charged, and flagged, when nothing else prices the model
     config_source: str = "config"  # "config@<digest>": which configured price was used
+    # decided once, here: a request to a deployment that is not chargeable is refused at admission
+    chargeable: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         share = CACHE_READ_SHARE.get(self.preset)
         if self.rates is not None and self.rates.cache_read is None and share is not None:
             object.__setattr__(self, "rates", replace(self.rates, cache_read=self.rates.input * share))
+        object.__setattr__(self, "chargeable", self.is_priced() or self.ceiling is not None)
 
     def is_priced(self) -> bool:
         """True if requests can be priced other than at the ceiling (admission refuses otherwise)."""
         return self.rates is not None or self.sheet is not None or self.preset in FREE_PRESETS
-
-    def is_chargeable(self) -> bool:
-        """True if a request can be charged at all (priced, or at the ceiling)."""
-        return self.is_priced() or self.ceiling is not None
 
     def charge(self, usage: TokenUsage, at: datetime | int) -> Charge:
         """Price ``usage`` for a request made at ``at`` (timezone-aware, or unix microseconds)."""

@@ -82,11 +82,9 @@ class Rates:
             total += usage.output_audio_tokens * audio_out
         return total + max(text_in, 0) * rate_in + max(text_out, 0) * rate_out
 
-    def usd(self, usage: TokenUsage, cache_read_share: Decimal | None = None) -> Decimal:
+    def usd(self, usage: TokenUsage) -> Decimal:
         """The exact charge for ``usage`` (embeddings: output is simply 0)."""
-        read_rate = self.cache_read
-        if read_rate is None:
-            read_rate = self.input * cache_read_share if cache_read_share is not None else self.input
+        read_rate = self.input if self.cache_read is None else self.cache_read
         write_rate = self.input if self.cache_write is None else self.cache_write
         write_1h_rate = write_rate if self.cache_write_1h is None else self.cache_write_1h
         text_in = usage.uncached_input_tokens

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from sluice.aio import cancel_and_wait
 from sluice.ledger.entry import COLUMNS, INTERRUPTED, PENDING, Entry
 from sluice.ledger.sink import CONTENT, OPEN, SETTLE, Content, Item, coalesce
 from sluice.store.postgres import migrate
@@ -90,9 +91,7 @@ class PostgresLedger:
                 await asyncio.wait_for(self.flush(), CLOSE_WAIT_S)
             except TimeoutError:
                 log.exception("ledger: %d row(s) could not be written before shutdown", len(self._items))
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self._pool is not None:
             await self._pool.close()

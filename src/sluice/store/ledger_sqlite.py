@@ -13,7 +13,6 @@ The schema is ``sluice.store.sqlite``'s migrations (the same file holds keys and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import sqlite3
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sluice.aio import cancel_and_wait
 from sluice.ledger.entry import COLUMNS, INTERRUPTED, PENDING, Entry
 from sluice.ledger.sink import CONTENT, OPEN, SETTLE, Content, Item, coalesce
 from sluice.store.sqlite import SQLiteStore
@@ -114,9 +114,7 @@ class SQLiteLedger:
     async def close(self) -> None:
         """Commit the rest and stop."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self._db is not None:
             await self._drain()
