@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from sluice.errors import ModelUnpriced, SluiceError
 from sluice.keys.policy import Attribution
 from sluice.keys.service import Principal
 from sluice.ledger.entry import ERROR, OK, REFUSED, Entry
 from sluice.ledger.sink import Content, Ledger
+from sluice.limits.limiter import Limiter
 from sluice.metrics import Metrics
 from sluice.pricing.cost import Charge
 from sluice.pricing.usage import TokenUsage, estimated
@@ -26,15 +28,24 @@ log = logging.getLogger("sluice.accounting")
 UNREACHABLE = "upstream_unreachable"
 
 
+def wall_clock_us() -> int:
+    """Now, in unix microseconds."""
+    return time.time_ns() // 1000
+
+
 class Accounting:
     """Opens entries at admission and settles them; hands rows to the ledger and counts metrics."""
 
-    def __init__(self, ledger: Ledger, metrics: Metrics) -> None:
+    def __init__(
+        self, ledger: Ledger, metrics: Metrics, limiter: Limiter, clock: Callable[[], int] = wall_clock_us
+    ) -> None:
         self.ledger = ledger
         self.metrics = metrics
+        self.limiter = limiter
+        self.clock = clock  # unix µs: the one clock that dates rows and decides budget periods
 
-    @staticmethod
     def begin(
+        self,
         request_id: str,
         principal: Principal,
         endpoint: str,
@@ -45,19 +56,22 @@ class Accounting:
         started_ns: int,
     ) -> Entry:
         """The entry for an admitted request (nothing is written until a provider may be called)."""
+        team = principal.policy.team
         return Entry(
             request_id=request_id,
-            ts_us=time.time_ns() // 1000,
+            ts_us=self.clock(),
             endpoint=endpoint,
             alias=alias,
             stream=stream,
             key_id=principal.key_id,
             user=who.user,
-            team=principal.policy.team,
+            team=team,
             feature=who.feature,
             tags=who.tags,
             started_ns=started_ns,
             input_estimate=-(-body_bytes // 4),  # ~4 bytes of JSON per prompt token: errs high
+            body_bytes=body_bytes,
+            scopes=self.limiter.scopes(principal.key_id, principal.limits, who.user, team, who.feature),
         )
 
     def settle(
@@ -87,6 +101,7 @@ class Accounting:
             entry.cost_nanos = charge.nanos
             entry.price_source = charge.source
             entry.at_ceiling = charge.at_ceiling
+        self.limiter.settle(entry)
         self.ledger.settle(entry, content)
         self.metrics.observe(entry)
 

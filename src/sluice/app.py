@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sluice.accounting import Accounting
+from sluice.accounting import Accounting, wall_clock_us
 from sluice.api.asgi import SluiceAPI
 from sluice.config_file import resolve_secret
 from sluice.errors import ConfigError
@@ -16,6 +16,8 @@ from sluice.gateway import Gateway
 from sluice.keys.digest import load_server_secret
 from sluice.keys.service import ADMIN_ENV, KeyService
 from sluice.ledger.sink import Ledger
+from sluice.limits.counters import MemoryCounters
+from sluice.limits.limiter import Limiter
 from sluice.metrics import SHARED_ENV, Metrics
 from sluice.pricebook import load_sheets
 from sluice.providers.presets import PRESETS
@@ -105,18 +107,54 @@ def priced_routes(config: Config, *, cache: bool = True) -> dict[str, Route]:
     return build_routes(config, load_sheets(pairs, Path(config.server.data_dir) if cache else None))
 
 
-def create_app(config: Config, environ: Mapping[str, str], services: Services | None = None) -> SluiceAPI:
-    """Build the ASGI app for a validated config."""
+def open_limiter(config: Config) -> Limiter:
+    """The budgets of the config over the configured counters backend."""
+    if config.server.counters == "redis":
+        raise ConfigError("counters: redis is not available in this build yet; use counters: memory")
+    return Limiter(
+        MemoryCounters(),
+        config.budgets,
+        {p.name: p.limits for p in config.providers},
+        config.server.bytes_per_token,
+        shared=config.server.workers == 1,
+    )
+
+
+def unshared_budgets(config: Config, limiter: Limiter, keys: KeyService) -> str | None:
+    """Why several workers cannot start with these budgets (each would keep its own counters), or None."""
+    if config.server.workers == 1 or config.server.counters != "memory":
+        return None
+    if limiter.active or any(row.limits or row.user_limits for row in keys.all() if row.revoked_at is None):
+        return (
+            f"{config.server.workers} workers with budgets need counters they share: set "
+            "`server.counters: redis` (and `redis_url`), or run one worker. With in-process counters each "
+            "worker would allow the whole budget."
+        )
+    return None
+
+
+def create_app(
+    config: Config,
+    environ: Mapping[str, str],
+    services: Services | None = None,
+    *,
+    clock: Callable[[], int] = wall_clock_us,
+) -> SluiceAPI:
+    """Build the ASGI app for a validated config (``clock``: unix µs, injectable for tests)."""
     svc = services or open_services(config, environ)
     endpoints = {p.name: _endpoint(p, environ) for p in config.providers}
     upstream = Upstream(endpoints)
     ledger = open_ledger(config, environ)
     routes = priced_routes(config)
-    for problem in unpriced(routes):
-        log.warning("%s", problem)
-    gateway = Gateway(routes, upstream, ledger)
+    for warning in unpriced(routes):
+        log.warning("%s", warning)
+    limiter = open_limiter(config)
+    problem = unshared_budgets(config, limiter, svc.keys)
+    if problem is not None:
+        raise ConfigError(problem)
+    gateway = Gateway(routes, upstream, ledger, limiter)
     metrics = Metrics(environ.get(SHARED_ENV))
-    accounting = Accounting(ledger, metrics)
+    accounting = Accounting(ledger, metrics, limiter, clock)
 
     async def ready() -> dict[str, bool]:
         try:
@@ -128,6 +166,8 @@ def create_app(config: Config, environ: Mapping[str, str], services: Services | 
 
     async def startup() -> None:
         await ledger.start()
+        loaded = await limiter.rebuild(ledger, clock())
+        log.info("budgets: %d counters rebuilt from the ledger", loaded)
         await metrics.start()
 
     async def shutdown() -> None:

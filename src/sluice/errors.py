@@ -10,10 +10,13 @@
     │   ├── ModelUnpriced            400 model_unpriced (no price and no ceiling: never $0)
     │   ├── MethodNotAllowed         405 method_not_allowed
     │   ├── PayloadTooLarge          413 request_too_large
-    │   └── UpstreamRateLimited      429 rate_limit_exceeded (a provider's 429, passed on)
+    │   ├── UpstreamRateLimited      429 rate_limit_exceeded (a provider's 429, passed on)
+    │   ├── BudgetExceeded           429 budget_exceeded / user_quota_exceeded (a cap is full; do not retry)
+    │   └── LimitReached             429 rate_limit_exceeded / concurrency_limit_exceeded (retry-after)
     ├── UpstreamError                502 upstream_error (provider 5xx, bad answer, unreachable)
     ├── UpstreamTimeout              504 upstream_timeout
     ├── ServiceUnavailable           503 service_unavailable
+    │   └── CountersUnavailable      503 counters_unavailable (a capped request cannot be checked: refused)
     └── ConfigError                  a config file that does not validate (never reaches HTTP)
 
 Each class knows its status, OpenAI ``type`` and ``code``. ``sluice.api.errors`` renders them; no other
@@ -124,6 +127,23 @@ class UpstreamRateLimited(ClientError):
     code = "rate_limit_exceeded"
 
 
+class BudgetExceeded(ClientError):
+    """A spend, token or request cap of some scope has no room for this request; retrying will not help
+    until the period resets (``x-should-retry: false``)."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+
+class LimitReached(ClientError):
+    """A rate or concurrency limit is full right now; ``retry-after`` says when to try again."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
 class UpstreamError(SluiceError):
     """The provider failed (5xx, overloaded, unreadable answer, connection refused)."""
 
@@ -146,6 +166,12 @@ class ServiceUnavailable(SluiceError):
     status = 503
     type = "api_error"
     code = "service_unavailable"
+
+
+class CountersUnavailable(ServiceUnavailable):
+    """The store that enforces a cap is unreachable: a capped request fails closed, never admitted blind."""
+
+    code = "counters_unavailable"
 
 
 class ConfigError(SluiceError):

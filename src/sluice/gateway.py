@@ -23,6 +23,7 @@ import orjson
 from sluice.errors import InvalidRequest, ModelNotFound, ModelUnpriced, SluiceError, UpstreamError
 from sluice.ledger.entry import Entry, usd_text
 from sluice.ledger.sink import Ledger
+from sluice.limits.limiter import Limiter
 from sluice.pricing.cost import Charge
 from sluice.pricing.usage import TokenUsage, from_embeddings
 from sluice.providers.base import StreamTranslator, Target
@@ -182,13 +183,19 @@ async def _timed(entry: Entry, call: Awaitable[T]) -> T:
 class Gateway:
     """The request life for chat completions and embeddings."""
 
-    def __init__(self, routes: dict[str, Route], upstream: Upstream, ledger: Ledger) -> None:
+    def __init__(
+        self, routes: dict[str, Route], upstream: Upstream, ledger: Ledger, limiter: Limiter
+    ) -> None:
         self.routes = routes
         self._upstream = upstream
         self._ledger = ledger
+        self._limiter = limiter
 
-    def _admit(self, route: Route, entry: Entry) -> Deployment:
-        """Choose the deployment, refuse an unpriced one, and open the ledger row before calling it."""
+    async def _admit(
+        self, route: Route, entry: Entry, output_cap: int | None, choices: int = 1
+    ) -> Deployment:
+        """Choose the deployment, refuse an unpriced one, reserve the worst case on every budget, and open
+        the ledger row before calling it. A refusal here reaches no provider and reserves nothing."""
         dep = route.deployments[0]
         if not dep.pricer.chargeable:
             raise ModelUnpriced(
@@ -199,6 +206,8 @@ class Gateway:
         entry.provider = dep.target.provider
         entry.model = dep.target.upstream_model
         entry.pricer = dep.pricer
+        entry.output_cap = (dep.target.max_output_tokens if output_cap is None else output_cap) * choices
+        await self._limiter.admit(entry, entry.scopes, entry.body_bytes)
         self._ledger.open(entry)
         return dep
 
@@ -234,7 +243,7 @@ class Gateway:
 
     async def chat(self, req: ChatRequest, route: Route, entry: Entry) -> Reply:
         """A non-stream chat completion."""
-        dep = self._admit(route, entry)
+        dep = await self._admit(route, entry, _output_cap(req), req.n)
         call = dep.adapter.chat_call(req, dep.target)
         got = await _timed(entry, self._upstream.fetch(dep.target.provider, call))
         entry.upstream_status = got.status
@@ -248,7 +257,7 @@ class Gateway:
 
     async def chat_stream(self, req: ChatRequest, route: Route, entry: Entry) -> StreamReply:
         """Open a stream: returns once the provider has answered with a 200 event stream."""
-        dep = self._admit(route, entry)
+        dep = await self._admit(route, entry, _output_cap(req), req.n)
         call = dep.adapter.chat_call(req, dep.target)
         t0 = time.perf_counter_ns()  # the wait for the provider lasts until the stream has substance
         try:
@@ -273,7 +282,7 @@ class Gateway:
 
     async def embeddings(self, req: EmbeddingRequest, route: Route, entry: Entry) -> Reply:
         """Embeddings, fetched as floats and encoded as base64 here when the client asked for it."""
-        dep = self._admit(route, entry)
+        dep = await self._admit(route, entry, 0)
         call = dep.adapter.embeddings_call(req, dep.target)
         got = await _timed(entry, self._upstream.fetch(dep.target.provider, call))
         entry.upstream_status = got.status
@@ -293,6 +302,14 @@ class Gateway:
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
         tokens = from_embeddings(usage) if usage is not None else None
         return Reply(orjson.dumps(body), _meta_headers(dep.target), tokens)
+
+
+def _output_cap(req: ChatRequest) -> int | None:
+    """The most completion tokens per choice a request allows, or None for the deployment's cap (which the
+    adapters then send upstream, so the bound is real)."""
+    body = req.body
+    cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    return None if cap is None else int(cap)
 
 
 def _b64_float32(vector: list[float]) -> str:

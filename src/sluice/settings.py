@@ -80,12 +80,82 @@ class ServerSettings(_Strict):
         "Serve /metrics without the admin key (for a scraper on a private network).",
         "SLUICE_PUBLIC_METRICS",
     )
+    counters: Literal["memory", "redis"] = setting(
+        "memory",
+        "Where budget and rate-limit counters live: in this process (one worker), or Redis (`redis_url`), "
+        "shared by every worker and instance.",
+        "SLUICE_COUNTERS",
+    )
+    redis_url: str | None = setting(
+        None,
+        "Redis URL for `counters: redis`, as a secret reference (`env:NAME`) or a literal URL.",
+        "SLUICE_REDIS_URL",
+    )
+    bytes_per_token: int = setting(
+        2,
+        "Prompt tokens are reserved as the request body's size divided by this (a bound: almost every "
+        "tokenizer makes at most one token per two bytes of JSON-encoded text).",
+        "SLUICE_BYTES_PER_TOKEN",
+        ge=1,
+        le=8,
+    )
 
     @model_validator(mode="after")
     def _postgres_needs_url(self) -> ServerSettings:
         if self.store == "postgres" and not self.database_url:
             raise ValueError("store: postgres needs database_url (e.g. env:SLUICE_DATABASE_URL)")
+        if self.counters == "redis" and not self.redis_url:
+            raise ValueError("counters: redis needs redis_url (e.g. env:SLUICE_REDIS_URL)")
         return self
+
+
+def _cap(help_text: str) -> Any:
+    return setting(None, help_text, ge=0, allow_inf_nan=False, max_digits=24)
+
+
+class PeriodAmounts(_Strict):
+    """An amount per period: ever (``total``) and per calendar day, week (from Monday) and month, in UTC."""
+
+    total: Decimal | None = _cap("For all time.")
+    month: Decimal | None = _cap("Per calendar month (UTC).")
+    week: Decimal | None = _cap("Per ISO week, Monday 00:00 UTC to the next.")
+    day: Decimal | None = _cap("Per calendar day (UTC).")
+
+
+class LimitSettings(_Strict):
+    """What one scope may spend and use. Every limit is optional; a request must fit all of them."""
+
+    usd: PeriodAmounts | None = setting(None, "Spend caps in USD (worst case reserved before the call).")
+    tokens: PeriodAmounts | None = setting(None, "Token caps (prompt + completion).")
+    requests: PeriodAmounts | None = setting(None, "Request count caps.")
+    concurrent: int | None = setting(None, "Requests in flight at once.", ge=1)
+    requests_per_minute: int | None = setting(
+        None, "Requests per minute (window aligned to the minute).", ge=1
+    )
+    tokens_per_minute: int | None = setting(
+        None, "Tokens per minute (worst case reserved, then settled).", ge=1
+    )
+
+    @field_validator("tokens", "requests")
+    @classmethod
+    def _whole(cls, v: PeriodAmounts | None) -> PeriodAmounts | None:
+        for amount in (v.total, v.month, v.week, v.day) if v is not None else ():
+            if amount is not None and amount != amount.to_integral_value():
+                raise ValueError("token and request caps are whole numbers")
+        return v
+
+
+class BudgetSettings(_Strict):
+    """Limits on scopes that are not keys: everything, teams, features, and each end user."""
+
+    all: LimitSettings | None = setting(None, "Limits on everything this gateway serves (the global scope).")
+    teams: dict[str, LimitSettings] = setting({}, "Limits per team (a key's `team`), shared by its keys.")
+    features: dict[str, LimitSettings] = setting({}, "Limits per feature tag.")
+    users: LimitSettings | None = setting(
+        None,
+        "Default quota for each end user of a key that sets no `user_limits` of its own (a user seen for "
+        "the first time starts at zero).",
+    )
 
 
 class Timeouts(_Strict):
@@ -119,6 +189,9 @@ class ProviderSettings(_Strict):
         1024, "Connection pool size for this provider (concurrent upstream requests).", ge=1, le=100_000
     )
     timeouts: Timeouts = setting(Timeouts(), "Upstream deadlines (see Timeouts).")
+    limits: LimitSettings | None = setting(
+        None, "Limits on this provider account (e.g. the free credit left, or its requests per minute)."
+    )
     anthropic_version: str = setting(
         "2026-10-21",
         "anthropic-version header for the anthropic preset. On 2026-10-21 temperature/top_p are dropped.",
@@ -210,6 +283,7 @@ class Config(_Strict):
     server: ServerSettings = setting(ServerSettings(), "Listening and state (see ServerSettings).")
     providers: list[ProviderSettings] = setting([], "Provider accounts.")
     models: list[ModelSettings] = setting([], "Public model aliases.")
+    budgets: BudgetSettings = setting(BudgetSettings(), "Budgets and quotas (see BudgetSettings).")
     allow_literal_keys: bool = setting(
         False, "Allow provider keys written literally in the file (a warning is logged)."
     )
@@ -224,6 +298,9 @@ SECTIONS: tuple[type[BaseModel], ...] = (
     ModelSettings,
     DeploymentSettings,
     PriceSettings,
+    BudgetSettings,
+    LimitSettings,
+    PeriodAmounts,
     EmulatorSettings,
 )
 

@@ -22,9 +22,13 @@ from urllib.parse import parse_qs
 import orjson
 
 from sluice.accounting import Accounting
+from sluice.api import admin as admin_api
 from sluice.api.errors import envelope, error_body, error_frame, error_headers
 from sluice.errors import (
+    BudgetExceeded,
+    CountersUnavailable,
     InvalidRequest,
+    LimitReached,
     MethodNotAllowed,
     ModelNotFound,
     ModelUnpriced,
@@ -40,6 +44,7 @@ from sluice.keys.service import KeyService, Principal
 from sluice.ledger.entry import CUT, DISCONNECTED, ERROR, INTERRUPTED, OK, REFUSED, Entry, usd_text
 from sluice.ledger.sink import Content
 from sluice.ledger.spend import spend_report
+from sluice.limits.counters import limit_headers
 from sluice.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sluice.metrics import Metrics
 from sluice.routing.table import Route
@@ -234,6 +239,9 @@ class SluiceAPI:
         if methods is None:
             if path.startswith("/v1/models/") and len(path) > 11:
                 methods = {"GET": SluiceAPI._get_model}
+            elif path.startswith("/admin/keys/"):
+                await admin_api.key_item(self, req, path[len("/admin/keys/") :])
+                return
             else:
                 raise NotFound(f"Unknown path: {method} {path}")
         handler = methods.get(method)
@@ -252,9 +260,9 @@ class SluiceAPI:
         headers = [*JSON_HEADERS, (b"x-sluice-request-id", req.request_id), *error_headers(err)]
         if err.status == 429 and "retry-after" not in err.headers:
             headers.append((b"x-should-retry", b"false"))
-        await self._respond(req, err.status, error_body(err), headers)
+        await self.respond(req, err.status, error_body(err), headers)
 
-    async def _respond(
+    async def respond(
         self, req: Request, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
     ) -> None:
         req.started = True
@@ -263,7 +271,7 @@ class SluiceAPI:
         await req.send({"type": "http.response.start", "status": status, "headers": start})
         await req.send({"type": "http.response.body", "body": body})
 
-    async def _read_body(self, req: Request) -> bytes:
+    async def read_body(self, req: Request) -> bytes:
         limit = self.max_body_bytes
         if req.content_length is not None and req.content_length > limit:
             raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
@@ -317,12 +325,12 @@ class SluiceAPI:
 
     def _failed(self, entry: Entry, err: SluiceError) -> None:
         """Settle a request that failed before any answer reached the client."""
-        status = REFUSED if isinstance(err, ModelUnpriced) else ERROR
+        status = REFUSED if isinstance(err, _REFUSALS) else ERROR
         self.accounting.settle(entry, status, err.status, error=err)
 
     async def _chat(self, req: Request) -> None:
         principal = await self._auth(req)
-        raw = await self._read_body(req)
+        raw = await self.read_body(req)
         chat = validate_chat(parse_json_object(raw))
         self._allowed(principal, chat.model)
         route = self.gateway.route(chat.model, "chat")
@@ -360,8 +368,10 @@ class SluiceAPI:
         # used only if the provider sent no usage: a guess from the answer's size that errs high
         body_tokens = -(-len(reply.body) // 4) if entry.endpoint == "chat" else 0
         self.accounting.settle(entry, OK, 200, tokens=reply.tokens, delivered=body_tokens, content=content)
-        cost = (b"x-sluice-cost-usd", usd_text(entry.cost_nanos).encode())
-        await self._respond(req, 200, reply.body, self._headers(req, [*reply.headers, cost], JSON_HEADERS))
+        extra = [*reply.headers, (b"x-sluice-cost-usd", usd_text(entry.cost_nanos).encode())]
+        if entry.hold is not None:
+            extra += limit_headers(entry.hold, entry.ts_us, entry.cost_nanos)
+        await self.respond(req, 200, reply.body, self._headers(req, extra, JSON_HEADERS))
 
     async def _relay(
         self, req: Request, entry: Entry, keep: bytes | None, opener: Callable[[], Awaitable[StreamReply]]
@@ -379,7 +389,10 @@ class SluiceAPI:
         try:
             stream = await opener()
             req.started = True
-            headers = self._headers(req, stream.headers, SSE_HEADERS)
+            extra = stream.headers
+            if entry.hold is not None:
+                extra = [*extra, *limit_headers(entry.hold, entry.ts_us)]
+            headers = self._headers(req, extra, SSE_HEADERS)
             await req.send({"type": "http.response.start", "status": 200, "headers": headers})
             async for frames in stream.frames():
                 async with asyncio.timeout(stream.client_idle):
@@ -442,7 +455,7 @@ class SluiceAPI:
 
     async def _embeddings(self, req: Request) -> None:
         principal = await self._auth(req)
-        raw = await self._read_body(req)
+        raw = await self.read_body(req)
         emb = validate_embeddings(parse_json_object(raw))
         self._allowed(principal, emb.model)
         route = self.gateway.route(emb.model, "embedding")
@@ -461,7 +474,7 @@ class SluiceAPI:
             if principal.models is None or r.alias in principal.models
         ]
         body = orjson.dumps({"object": "list", "data": data})
-        await self._respond(req, 200, body, self._headers(req, [], JSON_HEADERS))
+        await self.respond(req, 200, body, self._headers(req, [], JSON_HEADERS))
 
     async def _get_model(self, req: Request) -> None:
         principal = await self._auth(req)
@@ -471,11 +484,11 @@ class SluiceAPI:
             raise ModelNotFound(
                 f"The model '{model_id}' does not exist or you do not have access to it.", param="model"
             )
-        await self._respond(
+        await self.respond(
             req, 200, orjson.dumps(self._model_card(route)), self._headers(req, [], JSON_HEADERS)
         )
 
-    async def _admin(self, req: Request) -> Principal:
+    async def admin(self, req: Request) -> Principal:
         principal = await self._auth(req)
         if not principal.is_admin:
             raise PermissionDenied("This endpoint needs the admin key.")
@@ -483,12 +496,12 @@ class SluiceAPI:
 
     async def _metrics(self, req: Request) -> None:
         if not self.public_metrics:
-            await self._admin(req)
+            await self.admin(req)
         body = self.metrics.render()
-        await self._respond(req, 200, body, [(b"content-type", METRICS_CONTENT_TYPE)])
+        await self.respond(req, 200, body, [(b"content-type", METRICS_CONTENT_TYPE)])
 
     async def _spend(self, req: Request) -> None:
-        await self._admin(req)
+        await self.admin(req)
         query = parse_qs(req.scope.get("query_string", b"").decode("latin-1"))
         fmt = query.get("format", ["json"])[0]
         if fmt not in ("json", "csv"):
@@ -501,25 +514,25 @@ class SluiceAPI:
             top=_int_param(query.get("top", [None])[0], "top"),
         )
         if fmt == "csv":
-            await self._respond(req, 200, report.to_csv().encode(), [(b"content-type", b"text/csv")])
+            await self.respond(req, 200, report.to_csv().encode(), [(b"content-type", b"text/csv")])
         else:
-            await self._respond(req, 200, report.to_json(), self._headers(req, [], JSON_HEADERS))
+            await self.respond(req, 200, report.to_json(), self._headers(req, [], JSON_HEADERS))
 
     async def _healthz(self, req: Request) -> None:
-        await self._respond(req, 200, b'{"status":"ok"}', JSON_HEADERS)
+        await self.respond(req, 200, b'{"status":"ok"}', JSON_HEADERS)
 
     async def _readyz(self, req: Request) -> None:
         checks = await self._ready()
         if not all(checks.values()):
             err = ServiceUnavailable("Not ready: " + ", ".join(k for k, ok in checks.items() if not ok))
-            await self._respond(
+            await self.respond(
                 req,
                 503,
                 orjson.dumps({"status": "not_ready", "checks": checks, **envelope(err)}),
                 JSON_HEADERS,
             )
             return
-        await self._respond(req, 200, orjson.dumps({"status": "ready", "checks": checks}), JSON_HEADERS)
+        await self.respond(req, 200, orjson.dumps({"status": "ready", "checks": checks}), JSON_HEADERS)
 
 
 ROUTES: dict[str, dict[str, Handler]] = {
@@ -530,7 +543,12 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/readyz": {"GET": SluiceAPI._readyz, "HEAD": SluiceAPI._readyz},
     "/metrics": {"GET": SluiceAPI._metrics},
     "/admin/spend": {"GET": SluiceAPI._spend},
+    "/admin/keys": {"GET": admin_api.keys_collection, "POST": admin_api.keys_collection},
+    "/admin/limits": {"GET": admin_api.limits},
+    "/admin/openapi.json": {"GET": admin_api.openapi},
 }
+# Refused before any provider was called: recorded as such, never charged.
+_REFUSALS = (ModelUnpriced, BudgetExceeded, LimitReached, CountersUnavailable)
 
 
 _ID_PREFIX = os.urandom(4).hex().encode()  # per process: ids from several workers never collide

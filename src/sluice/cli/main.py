@@ -16,7 +16,15 @@ import click
 from pydantic import ValidationError
 
 from sluice import __version__
-from sluice.app import Services, create_app, open_services, priced_routes, unpriced
+from sluice.app import (
+    Services,
+    create_app,
+    open_limiter,
+    open_services,
+    priced_routes,
+    unpriced,
+    unshared_budgets,
+)
 from sluice.cli.spend import spend
 from sluice.config_file import LoadedConfig, load_config, parse_config, render_docs
 from sluice.demo import DEMO_PRESETS, demo_config, real_presets
@@ -128,13 +136,23 @@ def _run(config: Config, config_path: str | None, emulator: Emulator | None, ser
         uvicorn.Server(uvicorn.Config(app, **common)).run()  # type: ignore[arg-type]
         return
     # Several workers: each process builds its own app from the same inputs.
+    problem = unshared_budgets(config, open_limiter(config), services.keys)
+    if problem is not None:
+        raise ConfigError(problem)
     priced_routes(config)  # resolve the price sheets once, here, so the workers read the cache
     share_between_workers(Path(s.data_dir) / "metrics")
     if config_path:
         os.environ[CONFIG_ENV] = str(Path(config_path).resolve())
     if emulator is not None:
         os.environ[EMULATOR_URL_ENV] = emulator.url
-    os.environ.update({"SLUICE_DATA_DIR": s.data_dir, "SLUICE_HOST": s.host, "SLUICE_PORT": str(s.port)})
+    os.environ.update(
+        {
+            "SLUICE_DATA_DIR": s.data_dir,
+            "SLUICE_HOST": s.host,
+            "SLUICE_PORT": str(s.port),
+            "SLUICE_WORKERS": str(s.workers),
+        }
+    )
     uvicorn.run("sluice.cli.worker:app_factory", factory=True, workers=s.workers, **common)  # type: ignore[arg-type]
 
 

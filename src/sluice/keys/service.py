@@ -8,14 +8,19 @@ turn into a flood of database reads.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from sluice.errors import AuthenticationFailed
+from sluice.errors import AuthenticationFailed, NotFound, PermissionDenied
 from sluice.keys.digest import KEY_SHAPE, digest, hint, new_key
 from sluice.keys.policy import OPEN, KeyPolicy
+from sluice.keys.spec import KeyChange
+from sluice.limits.limiter import NO_KEY_LIMITS, KeyLimits, key_limits
+from sluice.settings import LimitSettings
 from sluice.store.sqlite import KeyRow, SQLiteStore
 
 ADMIN_DIGEST = "admin_key_digest"
@@ -33,9 +38,53 @@ class Principal:
     is_admin: bool
     models: frozenset[str] | None
     policy: KeyPolicy = OPEN
+    limits: KeyLimits = NO_KEY_LIMITS
+    expires_at: int | None = None  # unix seconds
+    blocked: bool = False
 
 
 ADMIN = Principal("admin", "admin", is_admin=True, models=None)
+_POLICY_FIELDS = ("team", "features", "tags", "require_feature", "log_content")
+
+
+def principal_of(row: KeyRow) -> Principal:
+    """What a stored key allows, compiled once per cache load."""
+    models = frozenset(row.models) if row.models is not None else None
+    return Principal(
+        row.id,
+        row.name,
+        is_admin=False,
+        models=models,
+        policy=row.policy,
+        limits=key_limits(row.id, row.name, row.limits, row.user_limits),
+        expires_at=row.expires_at,
+        blocked=row.blocked,
+    )
+
+
+def _changed(row: KeyRow, given: dict[str, Any]) -> KeyRow:
+    """``row`` with the fields an admin sent."""
+    policy: dict[str, Any] = {}
+    fields: dict[str, Any] = {}
+    for name, value in given.items():
+        if name in _POLICY_FIELDS:
+            policy[name] = frozenset(value) if name in ("features", "tags") and value is not None else value
+        elif name == "models":
+            fields[name] = tuple(value) if value is not None else None
+        elif name == "expires_at":
+            fields[name] = int(value.timestamp()) if value is not None else None
+        elif name == "metadata":
+            fields[name] = dict(value or {})
+        else:
+            fields[name] = value
+    for flag in ("require_feature", "log_content"):
+        if flag in policy and policy[flag] is None:
+            policy[flag] = False
+    if fields.get("name", "") is None:
+        del fields["name"]  # a key always has a name
+    return dataclasses.replace(
+        row, policy=dataclasses.replace(row.policy, **policy), updated_at=int(time.time()), **fields
+    )
 
 
 class KeyService:
@@ -73,7 +122,13 @@ class KeyService:
         return key
 
     def create(
-        self, name: str, models: tuple[str, ...] | None = None, policy: KeyPolicy = OPEN
+        self,
+        name: str,
+        models: tuple[str, ...] | None = None,
+        policy: KeyPolicy = OPEN,
+        *,
+        limits: LimitSettings | None = None,
+        user_limits: LimitSettings | None = None,
     ) -> tuple[str, KeyRow]:
         """Create a virtual key; the key itself is returned here and never again."""
         key = new_key()
@@ -86,9 +141,74 @@ class KeyService:
             created_at=int(time.time()),
             revoked_at=None,
             policy=policy,
+            limits=limits,
+            user_limits=user_limits,
         )
         self._store.insert_key(row)
         return key, row
+
+    def create_from(self, change: KeyChange) -> tuple[str, KeyRow]:
+        """Create a key from an admin's request (``name`` set)."""
+        assert change.name is not None
+        key, row = self.create(change.name)
+        row = _changed(row, change.given())
+        self._store.replace_key(row)
+        return key, row
+
+    def all(self) -> list[KeyRow]:
+        """Every key, oldest first."""
+        return self._store.list_keys()
+
+    def get(self, key_id: str) -> KeyRow:
+        """A key by id, or ``NotFound``."""
+        row = self._store.get_key(key_id)
+        if row is None:
+            raise NotFound(f"No key with id {key_id!r}.")
+        return row
+
+    def update(self, key_id: str, change: KeyChange) -> KeyRow:
+        """Apply an admin's change to a live key (takes effect within the key cache's TTL everywhere)."""
+        row = self._live(key_id)
+        new = _changed(row, change.given())
+        self._store.replace_key(new)
+        self._forget(row.digest)
+        return new
+
+    def rotate(self, key_id: str) -> tuple[str, KeyRow]:
+        """A new secret for the same key (id, settings and spend kept); the old secret stops at once here."""
+        row = self._live(key_id)
+        key = new_key()
+        new = dataclasses.replace(
+            row, digest=digest(self._secret, key), hint=hint(key), updated_at=int(time.time())
+        )
+        self._store.replace_key(new)
+        self._forget(row.digest)
+        return key, new
+
+    def set_blocked(self, key_id: str, blocked: bool) -> KeyRow:
+        """Block (refuse its requests, reversibly) or unblock a key."""
+        row = self._live(key_id)
+        new = dataclasses.replace(row, blocked=blocked, updated_at=int(time.time()))
+        self._store.replace_key(new)
+        self._forget(row.digest)
+        return new
+
+    def revoke(self, key_id: str) -> KeyRow:
+        """Revoke a key for good."""
+        row = self._live(key_id)
+        if not self._store.revoke_key(key_id):  # pragma: no cover - revoked between the two statements
+            raise NotFound(f"No active key with id {key_id!r}.")
+        self._forget(row.digest)
+        return self.get(key_id)
+
+    def _live(self, key_id: str) -> KeyRow:
+        row = self.get(key_id)
+        if row.revoked_at is not None:
+            raise NotFound(f"The key {key_id!r} is revoked.")
+        return row
+
+    def _forget(self, d: str) -> None:
+        self._cache.pop(d, None)
 
     def _lookup(self, d: str) -> Principal | None:
         now = time.monotonic()
@@ -100,8 +220,7 @@ class KeyService:
         row = self._store.find_key(d)
         if row is None or row.revoked_at is not None:
             return None
-        models = frozenset(row.models) if row.models is not None else None
-        return Principal(row.id, row.name, is_admin=False, models=models, policy=row.policy)
+        return principal_of(row)
 
     async def authenticate(self, key: str | None) -> Principal:
         """The principal for a presented key, or ``AuthenticationFailed`` (same message for every failure)."""
@@ -123,6 +242,10 @@ class KeyService:
             self._cache[d] = (principal, now + (self._ttl if principal is not None else _NEGATIVE_TTL))
         if principal is None:
             raise _auth_failed()
+        if principal.expires_at is not None and time.time() >= principal.expires_at:
+            raise AuthenticationFailed(f"This API key expired at {_iso(principal.expires_at)}.")
+        if principal.blocked:
+            raise PermissionDenied("This API key is blocked; ask the gateway's admin.", code="key_blocked")
         return principal
 
     def _evict(self) -> None:
@@ -136,3 +259,7 @@ def _auth_failed() -> AuthenticationFailed:
     return AuthenticationFailed(
         "Invalid or missing API key. Send 'Authorization: Bearer <key>' with a key issued by this gateway."
     )
+
+
+def _iso(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from sluice.pricing.cost import Pricer
 from sluice.pricing.usage import TokenUsage
+
+if TYPE_CHECKING:
+    from sluice.limits.counters import Hold
+    from sluice.limits.spec import Scope
 
 # Statuses a settled row can have.
 OK, ERROR, CUT, DISCONNECTED, REFUSED, PENDING, INTERRUPTED = (
@@ -65,6 +69,9 @@ COLUMNS = (
     "latency_us",
     "ttft_us",
     "attempts",
+    "reserved_nanos",
+    "reserved_input_tokens",
+    "reserved_output_tokens",
 )
 
 
@@ -95,12 +102,21 @@ class Entry:
     client_disconnected: bool = False
     latency_us: int | None = None
     ttft_us: int | None = None
+    # the worst case reserved on the request's budgets at admission (a row left pending by a crash is
+    # settled at these amounts)
+    reserved_nanos: int = 0
+    reserved_input_tokens: int = 0
+    reserved_output_tokens: int = 0
     # --- not stored: what settlement needs to know ---------------------------------------------------
     started_ns: int = 0  # perf_counter_ns() at arrival
     input_estimate: int = 0  # prompt tokens guessed from the body size, for requests that never finish
     pricer: Pricer | None = None  # set when a deployment is chosen: the request may reach a provider
     upstream_status: int = 0  # the provider's HTTP status (0: no answer)
     upstream_us: int = 0  # time spent waiting for the provider's answer (or a stream's first substance)
+    body_bytes: int = 0  # the request body's size: its prompt tokens are reserved from it
+    scopes: tuple[Scope, ...] = ()  # the budgets it counts in (with limits), known at the edge
+    output_cap: int = 0  # the most output tokens the provider may produce (the request's cap or ours)
+    hold: Hold | None = None  # the reservation on those budgets, settled with the entry
 
     @property
     def settled(self) -> bool:
@@ -144,6 +160,9 @@ class Entry:
             self.latency_us,
             self.ttft_us,
             self._attempts_json(),
+            self.reserved_nanos,
+            self.reserved_input_tokens,
+            self.reserved_output_tokens,
         )
 
     def _attempts_json(self) -> str | None:

@@ -27,6 +27,26 @@ class Content:
 
 
 OPEN, SETTLE, CONTENT = "open", "settle", "content"
+# How a row counts against budgets, grouped by every scope column: a pending row (still running, or left
+# by a process that died) at the worst case it reserved, a refused row not at all. ``{}`` is the
+# backend's placeholder for the start of the period.
+TOTALS_SQL = (
+    "SELECT key_id, user_id, team, feature, provider,"
+    " SUM(CASE WHEN status = 'pending' THEN reserved_nanos ELSE cost_nanos END),"
+    " SUM(CASE WHEN status = 'pending' THEN reserved_input_tokens + reserved_output_tokens"
+    " ELSE input_tokens + output_tokens END),"
+    " SUM(CASE WHEN status = 'refused' THEN 0 ELSE 1 END)"
+    " FROM ledger WHERE ts_us >= {} GROUP BY key_id, user_id, team, feature, provider"
+)
+# A row pending since before any request could still be running: its process died. It is settled at
+# what it reserved (never dropped, never $0), flagged as an estimate.
+INTERRUPT_SQL = (
+    "UPDATE ledger SET status = 'interrupted', usage_estimated = TRUE, cost_nanos = reserved_nanos,"
+    " input_tokens = reserved_input_tokens, output_tokens = reserved_output_tokens"
+    " WHERE status = 'pending' AND ts_us < {}"
+)
+Totals = list[tuple[Any, ...]]  # (key_id, user_id, team, feature, provider, nanos, tokens, requests)
+
 Item = tuple[str, Entry | Content]  # (OPEN, entry), (SETTLE, entry) or (CONTENT, content)
 
 
@@ -70,4 +90,8 @@ class Ledger(Protocol):
 
     async def rows(self, since_us: int, until_us: int, columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
         """Settled and pending rows with ``since_us <= ts_us < until_us``: the given columns."""
+        ...
+
+    async def totals(self, since_us: int) -> Totals:
+        """What rows since ``since_us`` count against budgets, per combination of scope columns."""
         ...

@@ -89,6 +89,21 @@ class Pricer:
         """True if requests can be priced other than at the ceiling (admission refuses otherwise)."""
         return self.rates is not None or self.sheet is not None or self.preset in FREE_PRESETS
 
+    def worst_nanos(self, input_tokens: int, output_tokens: int, at: datetime | int) -> int:
+        """The most a request of this size can cost (what admission reserves), in nano-dollars.
+
+        A provider's own billed amount (OpenRouter) is bounded by the price it publishes, which is what
+        the rates here are."""
+        if self.rates is not None:
+            return self.rates.worst_nanos(input_tokens, output_tokens)
+        if self.sheet is not None:
+            return self.sheet.rates(at, input_tokens).worst_nanos(input_tokens, output_tokens)
+        if self.preset in FREE_PRESETS:
+            return 0
+        if self.ceiling is not None:
+            return self.ceiling.worst_nanos(input_tokens, output_tokens)
+        raise ModelUnpriced(f"No price is known for {self.preset} model {self.model!r}.")
+
     def charge(self, usage: TokenUsage, at: datetime | int) -> Charge:
         """Price ``usage`` for a request made at ``at`` (timezone-aware, or unix microseconds)."""
         if usage.billed_usd is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from sluice.pricing.usage import TokenUsage
@@ -48,9 +48,27 @@ class Rates:
     # The same rates as whole pico-dollars (1e-12 USD) per token, when every one is: then a charge is
     # exact integer arithmetic (most published prices have at most six decimals per million tokens).
     _pico: tuple[int | None, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    # The dearest input and output rates (pico-dollars per token when whole, and per million as Decimal).
+    _dearest: tuple[int | None, int | None, Decimal, Decimal] = field(
+        default=(None, None, Decimal(0), Decimal(0)), init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_pico", _whole_picos(self))
+        ins = (self.input, self.cache_write, self.cache_write_1h, self.input_audio, self.input_image)
+        dearest_in = max(r for r in ins if r is not None)
+        dearest_out = max(r for r in (self.output, self.output_audio) if r is not None)
+        pico_in, pico_out = dearest_in.scaleb(6), dearest_out.scaleb(6)
+        object.__setattr__(
+            self,
+            "_dearest",
+            (
+                int(pico_in) if pico_in == pico_in.to_integral_value() else None,
+                int(pico_out) if pico_out == pico_out.to_integral_value() else None,
+                dearest_in,
+                dearest_out,
+            ),
+        )
 
     def pico(self, usage: TokenUsage) -> int | None:
         """The exact charge in pico-dollars, or None when a rate is finer than a pico-dollar per token."""
@@ -81,6 +99,16 @@ class Rates:
             text_out -= usage.output_audio_tokens
             total += usage.output_audio_tokens * audio_out
         return total + max(text_in, 0) * rate_in + max(text_out, 0) * rate_out
+
+    def worst_nanos(self, input_tokens: int, output_tokens: int) -> int:
+        """An upper bound, in nano-dollars rounded up, on what ``input_tokens`` in and ``output_tokens`` out
+        can cost: every input token at the dearest input class (a cache write costs more than plain
+        input), every output token at the dearest output class. Web-search fees are not bounded here."""
+        pico_in, pico_out, dearest_in, dearest_out = self._dearest
+        if pico_in is not None and pico_out is not None:
+            return -(-(input_tokens * pico_in + output_tokens * pico_out) // 1000)
+        usd = (input_tokens * dearest_in + output_tokens * dearest_out).scaleb(-6)
+        return int(usd.scaleb(9).to_integral_value(rounding=ROUND_CEILING))
 
     def usd(self, usage: TokenUsage) -> Decimal:
         """The exact charge for ``usage`` (embeddings: output is simply 0)."""

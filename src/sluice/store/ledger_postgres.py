@@ -16,8 +16,18 @@ from typing import Any
 import asyncpg
 
 from sluice.aio import cancel_and_wait
-from sluice.ledger.entry import COLUMNS, INTERRUPTED, PENDING, Entry
-from sluice.ledger.sink import CONTENT, OPEN, SETTLE, Content, Item, coalesce
+from sluice.ledger.entry import COLUMNS, Entry
+from sluice.ledger.sink import (
+    CONTENT,
+    INTERRUPT_SQL,
+    OPEN,
+    SETTLE,
+    TOTALS_SQL,
+    Content,
+    Item,
+    Totals,
+    coalesce,
+)
 from sluice.store.postgres import migrate
 
 log = logging.getLogger("sluice.ledger")
@@ -135,17 +145,17 @@ class PostgresLedger:
         cutoff = int(time.time() * 1_000_000) - self._stale_after_us
         assert self._pool is not None
         try:
-            done = await self._pool.execute(
-                "UPDATE ledger SET status = $1, usage_estimated = TRUE WHERE status = $2 AND ts_us < $3",
-                INTERRUPTED,
-                PENDING,
-                cutoff,
-            )
+            done = await self._pool.execute(INTERRUPT_SQL.format("$1"), cutoff)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             log.warning("ledger: could not mark interrupted requests", exc_info=True)
             return
         if done != "UPDATE 0":
             log.warning("ledger: requests interrupted by a stop were marked (%s)", done)
+
+    async def totals(self, since_us: int) -> Totals:
+        """What rows since ``since_us`` count against budgets (see ``TOTALS_SQL``)."""
+        assert self._pool is not None, "start() first"
+        return [tuple(r) for r in await self._pool.fetch(TOTALS_SQL.format("$1"), since_us)]
 
     async def rows(self, since_us: int, until_us: int, columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
         """Rows in a time range."""

@@ -22,8 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from sluice.aio import cancel_and_wait
-from sluice.ledger.entry import COLUMNS, INTERRUPTED, PENDING, Entry
-from sluice.ledger.sink import CONTENT, OPEN, SETTLE, Content, Item, coalesce
+from sluice.ledger.entry import COLUMNS, Entry
+from sluice.ledger.sink import (
+    CONTENT,
+    INTERRUPT_SQL,
+    OPEN,
+    SETTLE,
+    TOTALS_SQL,
+    Content,
+    Item,
+    Totals,
+    coalesce,
+)
 from sluice.store.sqlite import SQLiteStore
 
 log = logging.getLogger("sluice.ledger")
@@ -193,16 +203,25 @@ class SQLiteLedger:
         assert self._db is not None
         cutoff = int(time.time() * 1_000_000) - self._stale_after_us
         try:
-            cur = self._db.execute(
-                "UPDATE ledger SET status = ?, usage_estimated = 1 WHERE status = ? AND ts_us < ?",
-                (INTERRUPTED, PENDING, cutoff),
-            )
+            cur = self._db.execute(INTERRUPT_SQL.format("?"), (cutoff,))
         except sqlite3.OperationalError:  # locked by another worker: the next pass will do it
             return
         if cur.rowcount:
             log.warning("ledger: %d request(s) interrupted by a stop were marked", cur.rowcount)
 
     # --- queries ------------------------------------------------------------------------------------
+
+    async def totals(self, since_us: int) -> Totals:
+        """What rows since ``since_us`` count against budgets (see ``TOTALS_SQL``), read on a thread."""
+
+        def read() -> Totals:
+            db = self._connect()
+            try:
+                return list(db.execute(TOTALS_SQL.format("?"), (since_us,)).fetchall())
+            finally:
+                db.close()
+
+        return await asyncio.to_thread(read)
 
     async def rows(self, since_us: int, until_us: int, columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
         """Rows in a time range (read on a thread with its own connection)."""

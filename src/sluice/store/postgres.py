@@ -54,6 +54,11 @@ MIGRATIONS: tuple[str, ...] = (
         response BYTEA
     );
     """,
+    """
+    ALTER TABLE ledger ADD COLUMN reserved_nanos BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE ledger ADD COLUMN reserved_input_tokens BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE ledger ADD COLUMN reserved_output_tokens BIGINT NOT NULL DEFAULT 0;
+    """,
 )
 
 

@@ -10,12 +10,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
 from sluice.keys.policy import OPEN, KeyPolicy
+from sluice.settings import LimitSettings
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -79,6 +80,18 @@ MIGRATIONS: tuple[str, ...] = (
         response BLOB
     )
     """,
+    """
+    ALTER TABLE ledger ADD COLUMN reserved_nanos INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE ledger ADD COLUMN reserved_input_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE ledger ADD COLUMN reserved_output_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE virtual_keys ADD COLUMN owner TEXT;
+    ALTER TABLE virtual_keys ADD COLUMN expires_at INTEGER;
+    ALTER TABLE virtual_keys ADD COLUMN blocked INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE virtual_keys ADD COLUMN limits TEXT;
+    ALTER TABLE virtual_keys ADD COLUMN user_limits TEXT;
+    ALTER TABLE virtual_keys ADD COLUMN metadata TEXT;
+    ALTER TABLE virtual_keys ADD COLUMN updated_at INTEGER
+    """,
 )
 
 
@@ -94,6 +107,13 @@ class KeyRow:
     created_at: int
     revoked_at: int | None
     policy: KeyPolicy = OPEN
+    owner: str | None = None
+    expires_at: int | None = None  # unix seconds
+    blocked: bool = False
+    limits: LimitSettings | None = None
+    user_limits: LimitSettings | None = None  # each end user's quota (None: the gateway's default)
+    metadata: dict[str, str] = field(default_factory=dict)
+    updated_at: int | None = None
 
 
 class SQLiteStore:
@@ -150,27 +170,26 @@ class SQLiteStore:
 
     def insert_key(self, row: KeyRow) -> None:
         """Add a virtual key."""
-        p = row.policy
         with self._lock:
             self._db.execute(
-                "INSERT INTO virtual_keys (id, digest, name, hint, models, created_at, revoked_at,"
-                " team, features, tags, require_feature, log_content)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    row.id,
-                    row.digest,
-                    row.name,
-                    row.hint,
-                    _json_list(row.models),
-                    row.created_at,
-                    row.revoked_at,
-                    p.team,
-                    _json_list(p.features),
-                    _json_list(p.tags),
-                    int(p.require_feature),
-                    int(p.log_content),
-                ),
+                f"INSERT INTO virtual_keys ({_KEY_FIELDS}) VALUES ({', '.join('?' * len(_KEY_COLUMNS))})",  # noqa: S608 - constant
+                _key_values(row),
             )
+
+    def replace_key(self, row: KeyRow) -> bool:
+        """Store a changed key (same id); False if there is no such key."""
+        with self._lock:
+            cur = self._db.execute(
+                f"UPDATE virtual_keys SET {', '.join(f'{c} = ?' for c in _KEY_COLUMNS[1:])} WHERE id = ?",  # noqa: S608 - constant
+                (*_key_values(row)[1:], row.id),
+            )
+        return cur.rowcount == 1
+
+    def get_key(self, key_id: str) -> KeyRow | None:
+        """The key with this id."""
+        with self._lock:
+            row = self._db.execute(_KEY_SELECT + " FROM virtual_keys WHERE id = ?", (key_id,)).fetchone()
+        return None if row is None else _key_row(row)
 
     def find_key(self, digest: str) -> KeyRow | None:
         """The key with this digest (an indexed lookup: no scans, no prefixes)."""
@@ -202,10 +221,58 @@ class SQLiteStore:
             self._db.close()
 
 
-_KEY_SELECT = (
-    "SELECT id, digest, name, hint, models, created_at, revoked_at,"
-    " team, features, tags, require_feature, log_content"
+_KEY_COLUMNS = (
+    "id",
+    "digest",
+    "name",
+    "hint",
+    "models",
+    "created_at",
+    "revoked_at",
+    "team",
+    "features",
+    "tags",
+    "require_feature",
+    "log_content",
+    "owner",
+    "expires_at",
+    "blocked",
+    "limits",
+    "user_limits",
+    "metadata",
+    "updated_at",
 )
+_KEY_FIELDS = ", ".join(_KEY_COLUMNS)
+_KEY_SELECT = f"SELECT {_KEY_FIELDS}"
+
+
+def _limits_json(limits: LimitSettings | None) -> str | None:
+    return limits.model_dump_json(exclude_none=True) if limits is not None else None
+
+
+def _key_values(row: KeyRow) -> tuple[object, ...]:
+    p = row.policy
+    return (
+        row.id,
+        row.digest,
+        row.name,
+        row.hint,
+        _json_list(row.models),
+        row.created_at,
+        row.revoked_at,
+        p.team,
+        _json_list(p.features),
+        _json_list(p.tags),
+        int(p.require_feature),
+        int(p.log_content),
+        row.owner,
+        row.expires_at,
+        int(row.blocked),
+        _limits_json(row.limits),
+        _limits_json(row.user_limits),
+        orjson.dumps(row.metadata).decode() if row.metadata else None,
+        row.updated_at,
+    )
 
 
 def _json_list(values: Iterable[str] | None) -> str | None:
@@ -214,6 +281,14 @@ def _json_list(values: Iterable[str] | None) -> str | None:
 
 def _set(raw: object) -> frozenset[str] | None:
     return frozenset(orjson.loads(str(raw))) if raw is not None else None
+
+
+def _limits(raw: object) -> LimitSettings | None:
+    return LimitSettings.model_validate_json(str(raw)) if raw is not None else None
+
+
+def _int(raw: object) -> int | None:
+    return int(str(raw)) if raw is not None else None
 
 
 def _key_row(row: tuple[object, ...]) -> KeyRow:
@@ -232,6 +307,13 @@ def _key_row(row: tuple[object, ...]) -> KeyRow:
         hint=str(row[3]),
         models=tuple(models) if models is not None else None,
         created_at=int(str(row[5])),
-        revoked_at=int(str(row[6])) if row[6] is not None else None,
+        revoked_at=_int(row[6]),
         policy=policy,
+        owner=str(row[12]) if row[12] is not None else None,
+        expires_at=_int(row[13]),
+        blocked=bool(row[14]),
+        limits=_limits(row[15]),
+        user_limits=_limits(row[16]),
+        metadata=orjson.loads(str(row[17])) if row[17] is not None else {},
+        updated_at=_int(row[18]),
     )

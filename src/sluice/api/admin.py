@@ -1,0 +1,192 @@
+"""The admin API for virtual keys and budget counters (admin key only).
+
+    POST   /admin/keys                    create (the key is in this answer and never again)
+    GET    /admin/keys                    list
+    GET    /admin/keys/{id}               one key
+    PATCH  /admin/keys/{id}               change name, owner, team, models, expiry, limits, tags…
+    POST   /admin/keys/{id}/rotate        a new secret for the same key (settings and spend kept)
+    POST   /admin/keys/{id}/block         refuse its requests (reversible): /unblock
+    POST   /admin/keys/{id}/revoke        for good (also DELETE /admin/keys/{id})
+    GET    /admin/limits?scope=PREFIX     budget counters: spent and reserved, per scope and period
+    GET    /admin/openapi.json            this API, described
+
+Store calls run on a thread: the event loop never waits on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import orjson
+from pydantic import ValidationError
+
+from sluice.api.openapi import admin_openapi
+from sluice.errors import InvalidRequest, MethodNotAllowed, NotFound
+from sluice.keys.spec import KeyChange, KeyCreate
+from sluice.ledger.entry import usd_text
+from sluice.limits.spec import USD
+from sluice.store.sqlite import KeyRow
+
+if TYPE_CHECKING:
+    from sluice.api.asgi import Request, SluiceAPI
+
+JSON = [(b"content-type", b"application/json")]
+
+
+def key_json(row: KeyRow, now: float | None = None, secret: str | None = None) -> dict[str, Any]:
+    """A key as the API shows it: never its digest; the secret itself only when just made."""
+    now = time.time() if now is None else now
+    if row.revoked_at is not None:
+        status = "revoked"
+    elif row.expires_at is not None and now >= row.expires_at:
+        status = "expired"
+    else:
+        status = "blocked" if row.blocked else "active"
+    p = row.policy
+    out: dict[str, Any] = {
+        "id": row.id,
+        "object": "virtual_key",
+        "name": row.name,
+        "hint": row.hint,
+        "status": status,
+        "owner": row.owner,
+        "team": p.team,
+        "models": list(row.models) if row.models is not None else None,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "expires_at": row.expires_at,
+        "revoked_at": row.revoked_at,
+        "blocked": row.blocked,
+        "limits": row.limits.model_dump(mode="json", exclude_none=True) if row.limits else None,
+        "user_limits": row.user_limits.model_dump(mode="json", exclude_none=True)
+        if row.user_limits
+        else None,
+        "features": sorted(p.features) if p.features is not None else None,
+        "tags": sorted(p.tags) if p.tags is not None else None,
+        "require_feature": p.require_feature,
+        "log_content": p.log_content,
+        "metadata": row.metadata,
+    }
+    if secret is not None:
+        out["key"] = secret
+    return out
+
+
+def _parse(api: SluiceAPI, model: type[KeyChange], raw: bytes) -> KeyChange:
+    try:
+        change = model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "body"
+        raise InvalidRequest(f"Invalid key settings at {where}: {first['msg']}.", param=where) from None
+    if (change.limits or change.user_limits) and not api.accounting.limiter.shared:
+        raise InvalidRequest(
+            "This gateway runs several workers with in-process counters, which cannot enforce a key's "
+            "limits; set `server.counters: redis` to use them.",
+            param="limits",
+        )
+    return change
+
+
+async def _send(api: SluiceAPI, req: Request, status: int, data: object) -> None:
+    await api.respond(req, status, orjson.dumps(data), JSON)
+
+
+async def keys_collection(api: SluiceAPI, req: Request) -> None:
+    """``/admin/keys``: GET lists, POST creates."""
+    await api.admin(req)
+    method = req.scope["method"]
+    if method == "GET":
+        rows = await asyncio.to_thread(api.keys.all)
+        await _send(api, req, 200, {"object": "list", "data": [key_json(r) for r in rows]})
+    elif method == "POST":
+        change = _parse(api, KeyCreate, await api.read_body(req))
+        secret, row = await asyncio.to_thread(api.keys.create_from, change)
+        await _limits_changed(api, row.id, change)
+        await _send(api, req, 201, key_json(row, secret=secret))
+    else:
+        raise MethodNotAllowed(f"Method {method} is not allowed on /admin/keys; use GET, POST.")
+
+
+async def key_item(api: SluiceAPI, req: Request, rest: str) -> None:
+    """``/admin/keys/{id}`` and its actions."""
+    await api.admin(req)
+    method = req.scope["method"]
+    key_id, _, action = rest.partition("/")
+    keys = api.keys
+
+    async def get() -> None:
+        await _send(api, req, 200, key_json(await asyncio.to_thread(keys.get, key_id)))
+
+    async def patch() -> None:
+        change = _parse(api, KeyChange, await api.read_body(req))
+        row = await asyncio.to_thread(keys.update, key_id, change)
+        await _limits_changed(api, key_id, change)
+        await _send(api, req, 200, key_json(row))
+
+    async def rotate() -> None:
+        secret, row = await asyncio.to_thread(keys.rotate, key_id)
+        await _send(api, req, 200, key_json(row, secret=secret))
+
+    async def block(blocked: bool) -> None:
+        await _send(api, req, 200, key_json(await asyncio.to_thread(keys.set_blocked, key_id, blocked)))
+
+    async def revoke() -> None:
+        await _send(api, req, 200, key_json(await asyncio.to_thread(keys.revoke, key_id)))
+
+    actions: dict[tuple[str, str], Callable[[], Awaitable[None]]] = {
+        ("", "GET"): get,
+        ("", "PATCH"): patch,
+        ("", "DELETE"): revoke,
+        ("rotate", "POST"): rotate,
+        ("block", "POST"): lambda: block(True),
+        ("unblock", "POST"): lambda: block(False),
+        ("revoke", "POST"): revoke,
+    }
+    if not key_id or "/" in action or action not in {a for a, _ in actions}:
+        raise NotFound(f"Unknown path: {method} {req.scope['path']}")
+    handler = actions.get((action, method))
+    if handler is None:
+        allowed = ", ".join(sorted(m for a, m in actions if a == action))
+        raise MethodNotAllowed(
+            f"Method {method} is not allowed on {req.scope['path']}; use {allowed}.",
+            headers={"allow": allowed},
+        )
+    await handler()
+
+
+async def _limits_changed(api: SluiceAPI, key_id: str, change: KeyChange) -> None:
+    """Bring a key's spend so far into the counters of limits it did not have before."""
+    if {"limits", "user_limits"} & change.model_fields_set:
+        accounting = api.accounting
+        await accounting.limiter.rebuild(accounting.ledger, accounting.clock(), key_id)
+
+
+async def limits(api: SluiceAPI, req: Request) -> None:
+    """``/admin/limits?scope=PREFIX``: counters of scopes whose id starts with PREFIX (all by default)."""
+    await api.admin(req)
+    query = parse_qs(req.scope.get("query_string", b"").decode("latin-1"))
+    prefix = query.get("scope", [""])[0]
+    rows = await api.accounting.limiter.counters.read(prefix)
+    data = [
+        {
+            "scope": scope,
+            "metric": metric,
+            "window": window,
+            "spent": spent,
+            "reserved": reserved,
+            **({"spent_usd": usd_text(spent), "reserved_usd": usd_text(reserved)} if metric == USD else {}),
+        }
+        for (scope, metric, window), spent, reserved in rows
+    ]
+    await _send(api, req, 200, {"object": "list", "data": data})
+
+
+async def openapi(api: SluiceAPI, req: Request) -> None:
+    """``/admin/openapi.json``."""
+    await api.admin(req)
+    await _send(api, req, 200, admin_openapi())

@@ -1,0 +1,157 @@
+"""The admin API described as OpenAPI 3.1 (served at ``/admin/openapi.json``, built once)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from pydantic import BaseModel
+
+from sluice.keys.spec import KeyChange, KeyCreate
+
+_REF = "#/components/schemas/{model}"
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+_NULLABLE_INT = {"type": ["integer", "null"]}
+_KEY = {
+    "type": "object",
+    "description": "A virtual key. `key` (the secret) is present only in the answers to create and rotate.",
+    "required": ["id", "object", "name", "hint", "status", "created_at", "blocked", "metadata"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "virtual_key"},
+        "key": {"type": "string", "description": "The secret, shown once."},
+        "name": {"type": "string"},
+        "hint": {"type": "string", "description": "The key's last four characters."},
+        "status": {"enum": ["active", "blocked", "expired", "revoked"]},
+        "owner": {"type": ["string", "null"]},
+        "team": {"type": ["string", "null"]},
+        "models": {"type": ["array", "null"], "items": {"type": "string"}},
+        "created_at": {"type": "integer", "description": "Unix seconds."},
+        "updated_at": _NULLABLE_INT,
+        "expires_at": _NULLABLE_INT,
+        "revoked_at": _NULLABLE_INT,
+        "blocked": {"type": "boolean"},
+        "limits": {"anyOf": [{"$ref": "#/components/schemas/LimitSettings"}, {"type": "null"}]},
+        "user_limits": {"anyOf": [{"$ref": "#/components/schemas/LimitSettings"}, {"type": "null"}]},
+        "features": {"type": ["array", "null"], "items": {"type": "string"}},
+        "tags": {"type": ["array", "null"], "items": {"type": "string"}},
+        "require_feature": {"type": "boolean"},
+        "log_content": {"type": "boolean"},
+        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+_COUNTER = {
+    "type": "object",
+    "required": ["scope", "metric", "window", "spent", "reserved"],
+    "properties": {
+        "scope": {"type": "string", "description": "key:ID, user:KEY_ID:USER, team:NAME, feature:NAME, …"},
+        "metric": {"enum": ["usd", "tokens", "requests", "concurrent"]},
+        "window": {
+            "type": "string",
+            "description": "all, m2026-11, w2026-11-23, d2026-11-24, t<unix minute>",
+        },
+        "spent": {"type": "integer", "description": "Nano-dollars for usd."},
+        "reserved": {"type": "integer"},
+        "spent_usd": {"type": "string"},
+        "reserved_usd": {"type": "string"},
+    },
+}
+
+
+def _json(schema: str) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+def _list_of(schema: str) -> dict[str, Any]:
+    items = {"$ref": f"#/components/schemas/{schema}"}
+    body = {
+        "type": "object",
+        "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": items}},
+    }
+    return {"content": {"application/json": {"schema": body}}}
+
+
+def _op(summary: str, ok: dict[str, Any], status: str = "200", body: str | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "security": [{"adminKey": []}],
+        "responses": {
+            status: {"description": "OK", **ok},
+            "400": {"description": "Invalid settings", **_json("Error")},
+            "401": {"description": "Missing or unknown key", **_json("Error")},
+            "403": {"description": "Not the admin key", **_json("Error")},
+            "404": {"description": "No such key (or revoked)", **_json("Error")},
+        },
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True, **_json(body)}
+    return op
+
+
+def _schemas(*models: type[BaseModel]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=_REF)
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    return out
+
+
+@functools.cache
+def admin_openapi() -> dict[str, Any]:
+    """The document."""
+    key_path = {"parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Sluice admin API", "version": "1"},
+        "components": {
+            "securitySchemes": {"adminKey": {"type": "http", "scheme": "bearer"}},
+            "schemas": {**_schemas(KeyCreate, KeyChange), "Key": _KEY, "Counter": _COUNTER, "Error": _ERROR},
+        },
+        "paths": {
+            "/admin/keys": {
+                "get": _op("List keys", _list_of("Key")),
+                "post": _op(
+                    "Create a key (the secret is in this answer only)", _json("Key"), "201", "KeyCreate"
+                ),
+            },
+            "/admin/keys/{id}": {
+                **key_path,
+                "get": _op("Get a key", _json("Key")),
+                "patch": _op(
+                    "Change a key (fields left out are kept; null clears)", _json("Key"), body="KeyChange"
+                ),
+                "delete": _op("Revoke a key", _json("Key")),
+            },
+            **{
+                f"/admin/keys/{{id}}/{action}": {**key_path, "post": _op(summary, _json("Key"))}
+                for action, summary in (
+                    ("rotate", "A new secret for the same key (in this answer only)"),
+                    ("block", "Refuse the key's requests until unblocked"),
+                    ("unblock", "Accept the key's requests again"),
+                    ("revoke", "Revoke a key for good"),
+                )
+            },
+            "/admin/limits": {
+                "get": {
+                    **_op("Budget counters", _list_of("Counter")),
+                    "parameters": [{"name": "scope", "in": "query", "schema": {"type": "string"}}],
+                }
+            },
+        },
+    }

@@ -1,0 +1,1 @@
+"""Budgets, quotas and rate limits: scopes, reservations and counters."""
