@@ -188,14 +188,15 @@ def _redis_answers_ping(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def running_redis(tmp_dir: Path) -> Iterator[str]:
-    """A private redis-server on a free port with no persistence; yields its URL."""
+def running_redis(tmp_dir: Path, port: int | None = None) -> Iterator[str]:
+    """A private redis-server (on a free port unless ``port`` is given) with no persistence; yields its
+    URL. Giving the port of a server that was stopped brings "the same" Redis back, empty."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail(f"redis-server not found on PATH; {INSTALL_HINT}", pytrace=False)
     tmp_dir.mkdir(parents=True, exist_ok=True)
     log = tmp_dir / "redis.log"
-    port = _free_port()
+    port = port or _free_port()
     argv = [
         binary,
         "--bind",
@@ -209,7 +210,7 @@ def running_redis(tmp_dir: Path) -> Iterator[str]:
         "--dir",
         str(tmp_dir),
     ]
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_until(lambda: _redis_answers_ping(port), proc, "redis-server", log)
@@ -230,3 +231,21 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of one throwaway Redis for the session (no persistence)."""
     with running_redis(tmp_path_factory.mktemp("redis")) as url:
         yield url
+
+
+def fresh_database(dsn: str, name: str) -> str:
+    """A new, empty database on the server of ``dsn`` (dropped first if it exists); returns its DSN."""
+    import asyncio  # noqa: PLC0415
+
+    import asyncpg  # noqa: PLC0415
+
+    async def make() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(make())
+    return dsn.rsplit("/", 1)[0] + "/" + name

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import openai
+import orjson
 import pytest
 
 from sluice.app import create_app
@@ -38,10 +39,10 @@ def served(emulator: Emulator, tmp_path: Path) -> Iterator[tuple[ServerThread, P
 def create(data_dir: Path, *args: str) -> tuple[str, str]:
     res = cli(data_dir, "create", *args)
     assert res.returncode == 0, res.stderr
-    key = re.search(r"key:\s+(sk-sluice-\S+)", res.stdout)
-    key_id = re.search(r"id:\s+(key_\w+)", res.stdout)
-    assert key and key_id
-    return key.group(1), key_id.group(1)
+    assert "shown once" in res.stderr
+    made = orjson.loads(res.stdout)
+    assert made["status"] == "active" and made["key"].startswith("sk-sluice-")
+    return str(made["key"]), str(made["id"])
 
 
 def test_create_use_list_revoke(served: tuple[ServerThread, Path]) -> None:
@@ -97,9 +98,10 @@ def test_admin_key_generated_once_and_reset(tmp_path: Path) -> None:
 
     config = parse_config(f"server: {{data_dir: {tmp_path}}}\n", environ={}).config
     svc = open_services(config, {})
-    first = svc.keys.ensure_admin_key()
+    first = svc.run(svc.keys.ensure_admin_key)
     assert first is not None and first.startswith("sk-sluice-admin-")
-    assert open_services(config, {}).keys.ensure_admin_key() is None  # shown once only
+    again = open_services(config, {})
+    assert again.run(again.keys.ensure_admin_key) is None  # shown once only
     reset = cli(tmp_path, "reset-admin")
     assert reset.returncode == 0 and reset.stdout.strip().startswith("sk-sluice-admin-")
     assert first not in (tmp_path / "sluice.db").read_bytes().decode(errors="replace")
@@ -115,9 +117,9 @@ def test_bad_key_flood_cannot_evict_good_keys(tmp_path: Path) -> None:
 
     store = SQLiteStore(tmp_path / "k.db")
     keys = KeyService(store, b"secret", ttl=60, max_cache=4)
-    good, row = keys.create("good")
 
     async def go() -> None:
+        good, row = await keys.create("good")
         assert (await keys.authenticate(good)).key_id == row.id
         for _ in range(20):  # well-formed but unknown keys: each a store read, cached negatively
             with pytest.raises(AuthenticationFailed):
@@ -125,7 +127,7 @@ def test_bad_key_flood_cannot_evict_good_keys(tmp_path: Path) -> None:
         for bogus in ("x", "sk-sluice-short", "Bearer", "sk-sluice-" + "!" * 43):  # never reach the store
             with pytest.raises(AuthenticationFailed):
                 await keys.authenticate(bogus)
-        store.close()  # the good key must now come from the cache alone
+        store.shut()  # the good key must now come from the cache alone
         assert (await keys.authenticate(good)).key_id == row.id
 
     asyncio.run(go())

@@ -92,18 +92,18 @@ def served(emulator: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Iter
     config = parse_config(text, environ=provider_env()).config
     env = provider_env()
     svc = open_services(config, env)
-    keys = {
-        "team": svc.keys.create("team-key", policy=KeyPolicy(team="growth"))[0],
-        "strict": svc.keys.create(
-            "strict",
-            policy=KeyPolicy(
-                features=frozenset({"search", "chat"}),
-                tags=frozenset({"env", "tier=gold"}),
-                require_feature=True,
-            ),
-        )[0],
-        "logged": svc.keys.create("logged", policy=KeyPolicy(log_content=True))[0],
-    }
+
+    async def make() -> dict[str, str]:
+        strict = KeyPolicy(
+            features=frozenset({"search", "chat"}), tags=frozenset({"env", "tier=gold"}), require_feature=True
+        )
+        return {
+            "team": (await svc.keys.create("team-key", policy=KeyPolicy(team="growth")))[0],
+            "strict": (await svc.keys.create("strict", policy=strict))[0],
+            "logged": (await svc.keys.create("logged", policy=KeyPolicy(log_content=True)))[0],
+        }
+
+    keys = svc.run(make)
     with ServerThread(create_app(config, env, svc)) as server:
         yield Served(server, data_dir, keys)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from sluice.accounting import Accounting, wall_clock_us
 from sluice.api.asgi import SluiceAPI
@@ -23,27 +24,56 @@ from sluice.pricebook import load_sheets
 from sluice.providers.presets import PRESETS
 from sluice.routing.table import Route, build_routes
 from sluice.settings import Config, ProviderSettings
+from sluice.store.keys import KeyRow, KeyStore
 from sluice.store.ledger_postgres import PostgresLedger
 from sluice.store.ledger_sqlite import SQLiteLedger
+from sluice.store.postgres import PostgresStore
 from sluice.store.sqlite import SQLiteStore
 from sluice.upstream import ProviderEndpoint, Upstream
 
 log = logging.getLogger("sluice")
+T = TypeVar("T")
 DB_FILE = "sluice.db"
 
 
 @dataclass(slots=True)
 class Services:
-    """The state-holding parts, opened from the data directory (shared by the server and the CLI)."""
+    """The state-holding parts, opened from the config (shared by the server and the CLI)."""
 
-    store: SQLiteStore
+    store: KeyStore
     keys: KeyService
+
+    def run(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run async store work from synchronous code (the CLI), connecting around it."""
+
+        async def main() -> T:
+            await self.store.start()
+            try:
+                return await work()
+            finally:
+                await self.store.close()
+
+        return asyncio.run(main())
+
+
+def _database_url(config: Config, environ: Mapping[str, str]) -> str:
+    try:
+        dsn = resolve_secret(config.server.database_url, environ)
+    except ConfigError as exc:
+        raise ConfigError(f"server.database_url: {exc.message}") from exc
+    if not dsn:
+        raise ConfigError("server.database_url: the referenced variable is empty")
+    return dsn
 
 
 def open_services(config: Config, environ: Mapping[str, str]) -> Services:
-    """Open the store and the key service."""
+    """Open the key store (not connected yet: ``start()`` in the loop that uses it) and the key service."""
     data_dir = Path(config.server.data_dir)
-    store = SQLiteStore(data_dir / DB_FILE)
+    store: KeyStore
+    if config.server.store == "postgres":
+        store = PostgresStore(_database_url(config, environ))
+    else:
+        store = SQLiteStore(data_dir / DB_FILE)
     secret = load_server_secret(data_dir, environ)
     keys = KeyService(
         store, secret, ttl=config.server.key_cache_ttl_s, admin_key=environ.get(ADMIN_ENV) or None
@@ -78,13 +108,7 @@ def open_ledger(config: Config, environ: Mapping[str, str]) -> Ledger:
     stale = max((p.timeouts.total for p in config.providers), default=900.0) + 120.0
     flush = server.ledger_flush_ms / 1000
     if server.store == "postgres":
-        try:
-            dsn = resolve_secret(server.database_url, environ)
-        except ConfigError as exc:
-            raise ConfigError(f"server.database_url: {exc.message}") from exc
-        if not dsn:
-            raise ConfigError("server.database_url: the referenced variable is empty")
-        return PostgresLedger(dsn, flush_interval=flush, stale_after_s=stale)
+        return PostgresLedger(_database_url(config, environ), flush_interval=flush, stale_after_s=stale)
     return SQLiteLedger(Path(server.data_dir) / DB_FILE, flush_interval=flush, stale_after_s=stale)
 
 
@@ -120,11 +144,12 @@ def open_limiter(config: Config) -> Limiter:
     )
 
 
-def unshared_budgets(config: Config, limiter: Limiter, keys: KeyService) -> str | None:
+async def unshared_budgets(config: Config, limiter: Limiter, keys: KeyService) -> str | None:
     """Why several workers cannot start with these budgets (each would keep its own counters), or None."""
     if config.server.workers == 1 or config.server.counters != "memory":
         return None
-    if limiter.active or any(row.limits or row.user_limits for row in keys.all() if row.revoked_at is None):
+    rows = await keys.all()
+    if limiter.active or any(row.limits or row.user_limits for row in rows if row.revoked_at is None):
         return (
             f"{config.server.workers} workers with budgets need counters they share: set "
             "`server.counters: redis` (and `redis_url`), or run one worker. With in-process counters each "
@@ -149,24 +174,32 @@ def create_app(
     for warning in unpriced(routes):
         log.warning("%s", warning)
     limiter = open_limiter(config)
-    problem = unshared_budgets(config, limiter, svc.keys)
-    if problem is not None:
-        raise ConfigError(problem)
     gateway = Gateway(routes, upstream, ledger, limiter)
+
+    async def limits_changed(row: KeyRow) -> None:
+        await limiter.key_changed(ledger, clock(), row)
+
+    svc.keys.limits_changed = limits_changed
     metrics = Metrics(environ.get(SHARED_ENV))
     accounting = Accounting(ledger, metrics, limiter, clock)
 
     async def ready() -> dict[str, bool]:
         try:
-            store_ok = await asyncio.to_thread(svc.store.ping)
+            store_ok = await svc.store.ping()
         except Exception:  # any store failure means "not ready", never a crash of the probe
             log.exception("readiness: store check failed")
             store_ok = False
         return {"store": store_ok, "models": bool(gateway.routes)}
 
     async def startup() -> None:
+        await svc.store.start()
+        problem = await unshared_budgets(config, limiter, svc.keys)
+        if problem is not None:
+            raise ConfigError(problem)
         await ledger.start()
-        loaded = await limiter.rebuild(ledger, clock())
+        rows = await svc.keys.all()
+        loaded = await limiter.rebuild(ledger, clock(), rows)
+        svc.keys.remember(rows)
         log.info("budgets: %d counters rebuilt from the ledger", loaded)
         await metrics.start()
 
@@ -174,6 +207,7 @@ def create_app(
         await upstream.close()
         await ledger.close()
         await metrics.close()
+        await svc.store.close()
 
     return SluiceAPI(
         gateway,

@@ -10,12 +10,11 @@
     GET    /admin/limits?scope=PREFIX     budget counters: spent and reserved, per scope and period
     GET    /admin/openapi.json            this API, described
 
-Store calls run on a thread: the event loop never waits on the database.
+Store calls are awaited (SQLite's on a thread): the event loop never waits on the database.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,7 @@ from sluice.errors import InvalidRequest, MethodNotAllowed, NotFound
 from sluice.keys.spec import KeyChange, KeyCreate
 from sluice.ledger.entry import usd_text
 from sluice.limits.spec import USD
-from sluice.store.sqlite import KeyRow
+from sluice.store.keys import KeyRow
 
 if TYPE_CHECKING:
     from sluice.api.asgi import Request, SluiceAPI
@@ -101,12 +100,11 @@ async def keys_collection(api: SluiceAPI, req: Request) -> None:
     await api.admin(req)
     method = req.scope["method"]
     if method == "GET":
-        rows = await asyncio.to_thread(api.keys.all)
+        rows = await api.keys.all()
         await _send(api, req, 200, {"object": "list", "data": [key_json(r) for r in rows]})
     elif method == "POST":
         change = _parse(api, KeyCreate, await api.read_body(req))
-        secret, row = await asyncio.to_thread(api.keys.create_from, change)
-        await _limits_changed(api, row.id, change)
+        secret, row = await api.keys.create_from(change)
         await _send(api, req, 201, key_json(row, secret=secret))
     else:
         raise MethodNotAllowed(f"Method {method} is not allowed on /admin/keys; use GET, POST.")
@@ -120,23 +118,22 @@ async def key_item(api: SluiceAPI, req: Request, rest: str) -> None:
     keys = api.keys
 
     async def get() -> None:
-        await _send(api, req, 200, key_json(await asyncio.to_thread(keys.get, key_id)))
+        await _send(api, req, 200, key_json(await keys.get(key_id)))
 
     async def patch() -> None:
         change = _parse(api, KeyChange, await api.read_body(req))
-        row = await asyncio.to_thread(keys.update, key_id, change)
-        await _limits_changed(api, key_id, change)
+        row = await keys.update(key_id, change)
         await _send(api, req, 200, key_json(row))
 
     async def rotate() -> None:
-        secret, row = await asyncio.to_thread(keys.rotate, key_id)
+        secret, row = await keys.rotate(key_id)
         await _send(api, req, 200, key_json(row, secret=secret))
 
     async def block(blocked: bool) -> None:
-        await _send(api, req, 200, key_json(await asyncio.to_thread(keys.set_blocked, key_id, blocked)))
+        await _send(api, req, 200, key_json(await keys.set_blocked(key_id, blocked)))
 
     async def revoke() -> None:
-        await _send(api, req, 200, key_json(await asyncio.to_thread(keys.revoke, key_id)))
+        await _send(api, req, 200, key_json(await keys.revoke(key_id)))
 
     actions: dict[tuple[str, str], Callable[[], Awaitable[None]]] = {
         ("", "GET"): get,
@@ -157,13 +154,6 @@ async def key_item(api: SluiceAPI, req: Request, rest: str) -> None:
             headers={"allow": allowed},
         )
     await handler()
-
-
-async def _limits_changed(api: SluiceAPI, key_id: str, change: KeyChange) -> None:
-    """Bring a key's spend so far into the counters of limits it did not have before."""
-    if {"limits", "user_limits"} & change.model_fields_set:
-        accounting = api.accounting
-        await accounting.limiter.rebuild(accounting.ledger, accounting.clock(), key_id)
 
 
 async def limits(api: SluiceAPI, req: Request) -> None:

@@ -25,12 +25,12 @@ from sluice.app import (
     unpriced,
     unshared_budgets,
 )
+from sluice.cli.keys import keys
 from sluice.cli.spend import spend
 from sluice.config_file import LoadedConfig, load_config, parse_config, render_docs
 from sluice.demo import DEMO_PRESETS, demo_config, real_presets
 from sluice.emulator import Emulator, flavor_url
 from sluice.errors import ConfigError
-from sluice.keys.policy import KeyPolicy
 from sluice.keys.service import ADMIN_ENV
 from sluice.metrics import share_between_workers
 from sluice.settings import Config, ServerSettings
@@ -104,8 +104,12 @@ def serve(
     _setup_logging(config.server.log_level)
     for warning in loaded.warnings:
         logging.getLogger("sluice").warning("%s", warning)
-    services = open_services(config, os.environ)
-    admin_key = services.keys.ensure_admin_key()
+    try:
+        services = open_services(config, os.environ)
+        admin_key = services.run(services.keys.ensure_admin_key)
+    except ConfigError as err:
+        _fail(err)
+        return
     _banner(config, admin_key, emulator)
     try:
         _run(config, config_path, emulator, services)
@@ -136,7 +140,7 @@ def _run(config: Config, config_path: str | None, emulator: Emulator | None, ser
         uvicorn.Server(uvicorn.Config(app, **common)).run()  # type: ignore[arg-type]
         return
     # Several workers: each process builds its own app from the same inputs.
-    problem = unshared_budgets(config, open_limiter(config), services.keys)
+    problem = services.run(lambda: unshared_budgets(config, open_limiter(config), services.keys))
     if problem is not None:
         raise ConfigError(problem)
     priced_routes(config)  # resolve the price sheets once, here, so the workers read the cache
@@ -258,105 +262,5 @@ def config_docs() -> None:
     click.echo(render_docs())
 
 
-@main.group()
-def keys() -> None:
-    """Create, list and revoke virtual keys."""
-
-
-def _key_services(config_path: str | None, data_dir: str | None) -> Services:
-    try:
-        loaded = load_config(config_path) if config_path else parse_config("{}")
-        cfg = _with_server(loaded.config, data_dir=data_dir)
-    except ConfigError as err:
-        _fail(err)
-        raise
-    return open_services(cfg, os.environ)
-
-
-_config_opt = click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
-_data_opt = click.option("--data-dir", help="State directory (default ./.sluice).")
-
-
-@keys.command("create")
-@click.option("--name", required=True, help="A name for the key (who or what uses it).")
-@click.option("--model", "models", multiple=True, help="Allowed model (repeat); default: all models.")
-@click.option("--team", help="Team or project the key's spend is attributed to.")
-@click.option("--feature", "features", multiple=True, help="Allowed feature tag (repeat); default: any.")
-@click.option("--require-feature", is_flag=True, help="Refuse requests without a feature tag.")
-@click.option("--tag", "tags", multiple=True, help="Allowed tag key or key=value (repeat); default: any.")
-@click.option("--log-content", is_flag=True, help="Store prompts and answers in the ledger for this key.")
-@_config_opt
-@_data_opt
-def keys_create(
-    name: str,
-    models: tuple[str, ...],
-    team: str | None,
-    features: tuple[str, ...],
-    require_feature: bool,
-    tags: tuple[str, ...],
-    log_content: bool,
-    config_path: str | None,
-    data_dir: str | None,
-) -> None:
-    """Create a key; it is shown once and stored only as a digest."""
-    svc = _key_services(config_path, data_dir)
-    policy = KeyPolicy(
-        team=team,
-        features=frozenset(features) if features else None,
-        tags=frozenset(tags) if tags else None,
-        require_feature=require_feature,
-        log_content=log_content,
-    )
-    key, row = svc.keys.create(name, models or None, policy)
-    click.echo(f"id:   {row.id}\nname: {row.name}\nkey:  {key}\n(shown once; store it now)")
-
-
-@keys.command("list")
-@_config_opt
-@_data_opt
-def keys_list(config_path: str | None, data_dir: str | None) -> None:
-    """List keys (never the keys themselves)."""
-    svc = _key_services(config_path, data_dir)
-    rows = svc.store.list_keys()
-    if not rows:
-        click.echo("no keys")
-    for r in rows:
-        state = "revoked" if r.revoked_at else "active"
-        created = datetime.fromtimestamp(r.created_at, UTC).strftime("%Y-%m-%d %H:%M")
-        models = ",".join(r.models) if r.models else "*"
-        p = r.policy
-        extra = "".join(
-            [
-                f"  team={p.team}" if p.team else "",
-                f"  features={','.join(sorted(p.features))}" if p.features is not None else "",
-                f"  tags={','.join(sorted(p.tags))}" if p.tags is not None else "",
-                "  require-feature" if p.require_feature else "",
-                "  log-content" if p.log_content else "",
-            ]
-        )
-        click.echo(f"{r.id}  {state:<7}  {created}  {r.hint}  {r.name}  models={models}{extra}")
-
-
-@keys.command("revoke")
-@click.argument("key_id")
-@_config_opt
-@_data_opt
-def keys_revoke(key_id: str, config_path: str | None, data_dir: str | None) -> None:
-    """Revoke a key by id (takes effect within server.key_cache_ttl_s)."""
-    svc = _key_services(config_path, data_dir)
-    if not svc.store.revoke_key(key_id):
-        click.echo(f"no active key {key_id}", err=True)
-        sys.exit(1)
-    click.echo(f"revoked {key_id}")
-
-
-@keys.command("reset-admin")
-@_config_opt
-@_data_opt
-def keys_reset_admin(config_path: str | None, data_dir: str | None) -> None:
-    """Replace the stored admin key and print the new one once."""
-    svc = _key_services(config_path, data_dir)
-    click.echo(svc.keys.reset_admin_key())
-
-
 main.add_command(spend)
+main.add_command(keys)

@@ -7,22 +7,24 @@ turn into a flood of database reads.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hmac
+import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sluice.errors import AuthenticationFailed, NotFound, PermissionDenied
+from sluice.errors import AuthenticationFailed, NotFound, PermissionDenied, ServiceUnavailable
 from sluice.keys.digest import KEY_SHAPE, digest, hint, new_key
 from sluice.keys.policy import OPEN, KeyPolicy
 from sluice.keys.spec import KeyChange
 from sluice.limits.limiter import NO_KEY_LIMITS, KeyLimits, key_limits
 from sluice.settings import LimitSettings
-from sluice.store.sqlite import KeyRow, SQLiteStore
+from sluice.store.keys import KeyRow, KeyStore
 
+log = logging.getLogger("sluice.keys")
 ADMIN_DIGEST = "admin_key_digest"
 ADMIN_ENV = "SLUICE_ADMIN_KEY"
 _NEGATIVE_TTL = 1.0
@@ -88,40 +90,61 @@ def _changed(row: KeyRow, given: dict[str, Any]) -> KeyRow:
 
 
 class KeyService:
-    """Creates, lists, revokes and authenticates keys."""
+    """Creates, changes and authenticates keys over a ``KeyStore``; every store call is awaited.
+
+    ``announce`` (set when instances share a store) tells the other instances that a key changed, so
+    they drop it from their caches at once instead of when its TTL runs out.
+    """
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: KeyStore,
         secret: bytes,
         ttl: float = 5.0,
         admin_key: str | None = None,
         max_cache: int = _MAX_CACHE,
     ) -> None:
         self._max_cache = max_cache
-        self._store = store
+        self.store = store
         self._secret = secret
         self._ttl = ttl
         self._cache: dict[str, tuple[Principal | None, float]] = {}
         self._env_admin = digest(secret, admin_key) if admin_key else None
         self._stored_admin: tuple[str | None, float] = (None, 0.0)
+        self.announce: Callable[[str], Awaitable[None]] | None = None
+        # Each key's limits as this instance last saw them: a change (made here, by another instance or
+        # by the CLI) is noticed when the key is next loaded, and ``limits_changed`` runs before the
+        # key serves another request here (the budgets load the key's spend for its new limits).
+        self.limits_changed: Callable[[KeyRow], Awaitable[None]] | None = None
+        self._seen: dict[str, tuple[LimitSettings | None, LimitSettings | None]] = {}
 
-    def ensure_admin_key(self) -> str | None:
+    def remember(self, rows: list[KeyRow]) -> None:
+        """The keys' limits as they are when the budgets were loaded (at start)."""
+        self._seen = {row.id: (row.limits, row.user_limits) for row in rows}
+
+    async def _check_limits(self, row: KeyRow) -> None:
+        now = (row.limits, row.user_limits) if row.revoked_at is None else (None, None)
+        before = self._seen.get(row.id, (None, None))
+        self._seen[row.id] = now
+        if now != before and self.limits_changed is not None:
+            await self.limits_changed(row)
+
+    async def ensure_admin_key(self) -> str | None:
         """Create the admin key on first start; return it (to print once) or None if it exists."""
         if self._env_admin is not None:
             return None
         key = new_key("admin-")
-        if self._store.set_meta_if_absent(ADMIN_DIGEST, digest(self._secret, key)):
+        if await self.store.set_meta_if_absent(ADMIN_DIGEST, digest(self._secret, key)):
             return key
         return None
 
-    def reset_admin_key(self) -> str:
+    async def reset_admin_key(self) -> str:
         """Replace the stored admin key and return the new one."""
         key = new_key("admin-")
-        self._store.set_meta(ADMIN_DIGEST, digest(self._secret, key))
+        await self.store.set_meta(ADMIN_DIGEST, digest(self._secret, key))
         return key
 
-    def create(
+    async def create(
         self,
         name: str,
         models: tuple[str, ...] | None = None,
@@ -144,82 +167,107 @@ class KeyService:
             limits=limits,
             user_limits=user_limits,
         )
-        self._store.insert_key(row)
+        await self.store.insert_key(row)
+        self._seen[row.id] = (row.limits, row.user_limits)  # a new key: nothing spent yet
         return key, row
 
-    def create_from(self, change: KeyChange) -> tuple[str, KeyRow]:
+    async def create_from(self, change: KeyChange) -> tuple[str, KeyRow]:
         """Create a key from an admin's request (``name`` set)."""
         assert change.name is not None
-        key, row = self.create(change.name)
-        row = _changed(row, change.given())
-        self._store.replace_key(row)
+        key = new_key()
+        blank = KeyRow(
+            id=f"key_{secrets.token_hex(8)}",
+            digest=digest(self._secret, key),
+            name=change.name,
+            hint=hint(key),
+            models=None,
+            created_at=int(time.time()),
+            revoked_at=None,
+        )
+        row = dataclasses.replace(_changed(blank, change.given()), updated_at=None)
+        await self.store.insert_key(row)
+        self._seen[row.id] = (row.limits, row.user_limits)  # a new key: nothing spent yet
         return key, row
 
-    def all(self) -> list[KeyRow]:
+    async def all(self) -> list[KeyRow]:
         """Every key, oldest first."""
-        return self._store.list_keys()
+        return await self.store.list_keys()
 
-    def get(self, key_id: str) -> KeyRow:
+    async def get(self, key_id: str) -> KeyRow:
         """A key by id, or ``NotFound``."""
-        row = self._store.get_key(key_id)
+        row = await self.store.get_key(key_id)
         if row is None:
             raise NotFound(f"No key with id {key_id!r}.")
         return row
 
-    def update(self, key_id: str, change: KeyChange) -> KeyRow:
-        """Apply an admin's change to a live key (takes effect within the key cache's TTL everywhere)."""
-        row = self._live(key_id)
+    async def update(self, key_id: str, change: KeyChange) -> KeyRow:
+        """Apply an admin's change to a live key."""
+        row = await self._live(key_id)
         new = _changed(row, change.given())
-        self._store.replace_key(new)
-        self._forget(row.digest)
+        await self._replace(row, new)
         return new
 
-    def rotate(self, key_id: str) -> tuple[str, KeyRow]:
-        """A new secret for the same key (id, settings and spend kept); the old secret stops at once here."""
-        row = self._live(key_id)
+    async def rotate(self, key_id: str) -> tuple[str, KeyRow]:
+        """A new secret for the same key (id, settings and spend kept); the old secret stops working."""
+        row = await self._live(key_id)
         key = new_key()
         new = dataclasses.replace(
             row, digest=digest(self._secret, key), hint=hint(key), updated_at=int(time.time())
         )
-        self._store.replace_key(new)
-        self._forget(row.digest)
+        await self._replace(row, new)
         return key, new
 
-    def set_blocked(self, key_id: str, blocked: bool) -> KeyRow:
+    async def set_blocked(self, key_id: str, blocked: bool) -> KeyRow:
         """Block (refuse its requests, reversibly) or unblock a key."""
-        row = self._live(key_id)
+        row = await self._live(key_id)
         new = dataclasses.replace(row, blocked=blocked, updated_at=int(time.time()))
-        self._store.replace_key(new)
-        self._forget(row.digest)
+        await self._replace(row, new)
         return new
 
-    def revoke(self, key_id: str) -> KeyRow:
+    async def revoke(self, key_id: str) -> KeyRow:
         """Revoke a key for good."""
-        row = self._live(key_id)
-        if not self._store.revoke_key(key_id):  # pragma: no cover - revoked between the two statements
+        row = await self._live(key_id)
+        if not await self.store.revoke_key(key_id, int(time.time())):  # pragma: no cover - a race
             raise NotFound(f"No active key with id {key_id!r}.")
-        self._forget(row.digest)
-        return self.get(key_id)
+        await self._changed_digest(row.digest)
+        revoked = await self.get(key_id)
+        await self._check_limits(revoked)
+        return revoked
 
-    def _live(self, key_id: str) -> KeyRow:
-        row = self.get(key_id)
+    async def _replace(self, old: KeyRow, new: KeyRow) -> None:
+        await self.store.replace_key(new)
+        await self._check_limits(new)
+        await self._changed_digest(old.digest)
+
+    async def _live(self, key_id: str) -> KeyRow:
+        row = await self.get(key_id)
         if row.revoked_at is not None:
             raise NotFound(f"The key {key_id!r} is revoked.")
         return row
 
-    def _forget(self, d: str) -> None:
+    async def _changed_digest(self, d: str) -> None:
+        self.forget(d)
+        if self.announce is not None:
+            try:
+                await self.announce(d)
+            except Exception:  # the TTL still bounds how long other instances trust their copy
+                log.warning("could not announce a key change to other instances", exc_info=True)
+
+    def forget(self, d: str) -> None:
+        """Drop a key from this instance's cache (its next request reads the store)."""
         self._cache.pop(d, None)
 
-    def _lookup(self, d: str) -> Principal | None:
+    async def _lookup(self, d: str) -> Principal | None:
         now = time.monotonic()
         if self._stored_admin[1] <= now:  # re-read at most once per TTL (`sluice keys reset-admin`)
-            self._stored_admin = (self._store.get_meta(ADMIN_DIGEST), now + self._ttl)
+            self._stored_admin = (await self.store.get_meta(ADMIN_DIGEST), now + self._ttl)
         stored_admin = self._stored_admin[0]
         if stored_admin is not None and hmac.compare_digest(stored_admin, d):
             return ADMIN
-        row = self._store.find_key(d)
+        row = await self.store.find_key(d)
         if row is None or row.revoked_at is not None:
             return None
+        await self._check_limits(row)
         return principal_of(row)
 
     async def authenticate(self, key: str | None) -> Principal:
@@ -236,7 +284,13 @@ class KeyService:
         if hit is not None and hit[1] > now:
             principal = hit[0]
         else:
-            principal = await asyncio.to_thread(self._lookup, d)
+            try:
+                principal = await self._lookup(d)
+            except Exception as exc:  # the store is down: refuse (503), never guess
+                log.warning("key store unreachable", exc_info=True)
+                raise ServiceUnavailable(
+                    "The key store is unreachable; try again shortly.", headers={"retry-after": "2"}
+                ) from exc
             if len(self._cache) >= self._max_cache:
                 self._evict()
             self._cache[d] = (principal, now + (self._ttl if principal is not None else _NEGATIVE_TTL))

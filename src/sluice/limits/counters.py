@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sluice.errors import BudgetExceeded, LimitReached, SluiceError
 from sluice.ledger.entry import usd_text
@@ -65,7 +65,7 @@ class Hold:
     """A request's reservation: the counters it reserved on and how much; settled exactly once."""
 
     need: Need
-    parts: list[tuple[CounterKey, str, int]]  # (counter, metric, amount reserved)
+    parts: list[tuple[Any, str, int]]  # (the backend's handle on a counter, metric, amount reserved)
     rooms: list[Room] = field(default_factory=list)
     settled: bool = False
 
@@ -81,9 +81,12 @@ class Counters(Protocol):
         """Replace the reservation with what the request actually cost and used (once)."""
         ...
 
-    def load(self, totals: Iterable[tuple[CounterKey, int, int]], *, missing_only: bool = False) -> None:
-        """Set spent amounts rebuilt from the ledger, as (counter, spent, window end µs); with
-        ``missing_only``, counters already kept (and so exact) are left alone."""
+    def load(self, totals: Iterable[tuple[CounterKey, int, int]]) -> None:
+        """Set spent amounts rebuilt from the ledger, as (counter, spent, window end µs)."""
+        ...
+
+    def drop(self, prefixes: tuple[str, ...], exact: tuple[str, ...] = ()) -> None:
+        """Forget the counters of scopes whose id starts with one of ``prefixes`` or is in ``exact``."""
         ...
 
     async def read(self, prefix: str) -> list[tuple[CounterKey, int, int]]:
@@ -156,7 +159,7 @@ class MemoryCounters:
             self._sweep(ts_us)
             self._swept_until = windows[MINUTE].end_us
         cells = self._cells
-        parts: list[tuple[CounterKey, str, int]] = []
+        parts: list[tuple[Any, str, int]] = []
         rooms: list[Room] = []
         for scope in scopes:
             for limit in scope.limits:
@@ -170,10 +173,10 @@ class MemoryCounters:
                 room = Room(scope, limit, limit.amount - used - amount, window)
                 if room.remaining < 0:
                     raise refusal(room, used, amount, ts_us)
-                parts.append((key, limit.metric, amount))
+                parts.append((cell, limit.metric, amount))
                 rooms.append(room)
-        for key, _metric, amount in parts:
-            cells[key][1] += amount
+        for cell, _metric, amount in parts:
+            cell[1] += amount
         return Hold(need, parts, rooms)
 
     def settle(self, hold: Hold, nanos: int, tokens: int) -> None:
@@ -181,11 +184,7 @@ class MemoryCounters:
         if hold.settled:
             return
         hold.settled = True
-        cells = self._cells
-        for key, metric, amount in hold.parts:
-            cell = cells.get(key)
-            if cell is None:  # pragma: no cover - a counter with a reservation is never swept
-                continue
+        for cell, metric, amount in hold.parts:  # a cell dropped meanwhile (its limit removed) is unseen
             cell[1] -= amount
             if metric == USD:
                 cell[0] += nanos
@@ -194,14 +193,19 @@ class MemoryCounters:
             elif metric != CONCURRENT:
                 cell[0] += 1
 
-    def load(self, totals: Iterable[tuple[CounterKey, int, int]], *, missing_only: bool = False) -> None:
+    def load(self, totals: Iterable[tuple[CounterKey, int, int]]) -> None:
         """Spent amounts rebuilt from the ledger; reservations of requests in flight are kept."""
         for key, spent, end_us in totals:
             cell = self._cells.get(key)
             if cell is None:
                 self._cells[key] = [spent, 0, end_us]
-            elif not missing_only:
+            else:
                 cell[0] = spent
+
+    def drop(self, prefixes: tuple[str, ...], exact: tuple[str, ...] = ()) -> None:
+        """Forget the counters of scopes whose limits are gone or about to be reloaded."""
+        for key in [k for k in self._cells if k[0] in exact or k[0].startswith(prefixes)]:
+            del self._cells[key]
 
     async def read(self, prefix: str) -> list[tuple[CounterKey, int, int]]:
         """The counters of the matching scopes, sorted."""

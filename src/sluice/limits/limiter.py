@@ -8,7 +8,8 @@
   the request is refused and reaches no provider.
 - ``settle`` (with the ledger row): the reservation becomes the actual cost and tokens.
 - ``rebuild`` (at start): spent amounts for the current periods come back from the ledger, so a
-  restart forgets nothing; a row a crash left pending counts at its reservation.
+  restart forgets nothing; a row a crash left pending counts at its reservation. Counters are kept only
+  for scopes with limits; ``key_changed`` loads a key's history when it gains limits.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from sluice.limits.spec import (
     windows_at,
 )
 from sluice.settings import BudgetSettings, LimitSettings
+from sluice.store.keys import KeyRow
 
 log = logging.getLogger("sluice.limits")
 
@@ -147,16 +149,37 @@ class Limiter:
                 hold.need.nanos,
             )
 
-    async def rebuild(self, ledger: Ledger, now_us: int, key_id: str | None = None) -> int:
-        """Load the current periods' spend from the ledger; returns the number of counters loaded.
+    async def rebuild(self, ledger: Ledger, now_us: int, keys: Iterable[KeyRow]) -> int:
+        """At start: load the current periods' spend of every scope that has limits from the ledger
+        (``keys``: every key in the store). Returns the number of counters loaded."""
+        limited = {row.id for row in keys if row.revoked_at is None and row.limits}
+        user_keys = {row.id for row in keys if row.revoked_at is None and row.user_limits}
+        exact = {
+            ALL,
+            *(s.id for s in self._teams.values()),
+            *(s.id for s in self._features.values()),
+            *(s.id for s in self._providers.values()),
+            *(f"key:{k}" for k in limited),
+        }
+        users = ("user:",) if self._users else tuple(f"user:{k}:" for k in user_keys)
+        return await self._load(ledger, now_us, exact, users, None)
 
-        At start every counter is loaded. With ``key_id`` (a key's limits changed), only that key's and
-        its end users' counters that are not kept yet: a kept counter is exact, a reload could only race
-        the requests settling meanwhile. (Requests already in flight when a limit is added are not
-        counted against it.)"""
+    async def key_changed(self, ledger: Ledger, now_us: int, row: KeyRow) -> None:
+        """A key's limits changed: drop its counters and, for the limits it has now, load its spend so
+        far from the ledger. (Requests of the key in flight at that moment are not counted against
+        limits it did not have when they were admitted.)"""
+        key_scope, user_prefix = f"key:{row.id}", f"user:{row.id}:"
+        self.counters.drop((key_scope + "\x00", user_prefix), exact=(key_scope,))
+        exact = {key_scope} if row.limits else set()
+        users = (user_prefix,) if row.user_limits or self._users else ()
+        if (exact or users) and row.revoked_at is None:
+            await self._load(ledger, now_us, exact, users, row.id)
+
+    async def _load(
+        self, ledger: Ledger, now_us: int, exact: set[str], users: tuple[str, ...], key_id: str | None
+    ) -> int:
         windows = windows_at(now_us)
         loaded: dict[CounterKey, list[int]] = {}
-        prefixes = (f"key:{key_id}", f"user:{key_id}:") if key_id is not None else ("",)
         await ledger.flush()
         for period, since in period_starts(now_us).items():
             window = windows[period]
@@ -164,12 +187,12 @@ class Limiter:
                 if key_id is not None and row[0] != key_id:
                     continue
                 for scope_id in self._scope_ids(row[:5]):
-                    if not scope_id.startswith(prefixes):
+                    if scope_id not in exact and not (users and scope_id.startswith(users)):
                         continue
                     for metric, value in ((USD, row[5]), (TOKENS, row[6]), (REQUESTS, row[7])):
                         cell = loaded.setdefault((scope_id, metric, window.key), [0, window.end_us])
                         cell[0] += int(value or 0)
-        self.counters.load(((key, c[0], c[1]) for key, c in loaded.items()), missing_only=key_id is not None)
+        self.counters.load((key, c[0], c[1]) for key, c in loaded.items())
         return len(loaded)
 
     def _scope_ids(self, columns: Iterable[object]) -> Iterable[str]:

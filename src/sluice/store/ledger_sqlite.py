@@ -73,7 +73,7 @@ class SQLiteLedger:
         max_batch: int = 4096,
         stale_after_s: float = 1000.0,
     ) -> None:
-        SQLiteStore(path).close()  # make sure the schema is migrated before the writer opens it
+        SQLiteStore(path).shut()  # make sure the schema is migrated before the writer opens it
         self.path = path
         self._flush_interval = flush_interval
         self._max_batch = max_batch

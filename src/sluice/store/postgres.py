@@ -1,4 +1,4 @@
-"""PostgreSQL schema for multi-instance deployments, as numbered migrations.
+"""PostgreSQL schema for multi-instance deployments, as numbered migrations, and the key store on it.
 
 Applied in order under a transaction-scoped advisory lock, so instances starting together migrate once;
 the version reached is recorded in ``sluice_schema``. Same tables and columns as the SQLite schema.
@@ -7,6 +7,8 @@ the version reached is recorded in ``sluice_schema``. Same tables and columns as
 from __future__ import annotations
 
 import asyncpg
+
+from sluice.store.keys import KEY_COLUMNS, KEY_FIELDS, KEY_SELECT, KeyRow, key_row, key_values
 
 _LOCK_ID = 0x51CE_0001  # an advisory lock id shared by every Sluice instance
 MIGRATIONS: tuple[str, ...] = (
@@ -59,6 +61,30 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE ledger ADD COLUMN reserved_input_tokens BIGINT NOT NULL DEFAULT 0;
     ALTER TABLE ledger ADD COLUMN reserved_output_tokens BIGINT NOT NULL DEFAULT 0;
     """,
+    """
+    CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE virtual_keys (
+        id TEXT PRIMARY KEY,
+        digest TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        hint TEXT NOT NULL,
+        models TEXT,
+        created_at BIGINT NOT NULL,
+        revoked_at BIGINT,
+        team TEXT,
+        features TEXT,
+        tags TEXT,
+        require_feature INTEGER NOT NULL DEFAULT 0,
+        log_content INTEGER NOT NULL DEFAULT 0,
+        owner TEXT,
+        expires_at BIGINT,
+        blocked INTEGER NOT NULL DEFAULT 0,
+        limits TEXT,
+        user_limits TEXT,
+        metadata TEXT,
+        updated_at BIGINT
+    );
+    """,
 )
 
 
@@ -72,3 +98,99 @@ async def migrate(conn: asyncpg.Connection) -> int:
             await conn.execute(script)
             await conn.execute("INSERT INTO sluice_schema (version) VALUES ($1)", number)
         return len(MIGRATIONS)
+
+
+_PLACES = ", ".join(f"${i + 1}" for i in range(len(KEY_COLUMNS)))
+_INSERT_KEY = f"INSERT INTO virtual_keys ({KEY_FIELDS}) VALUES ({_PLACES})"  # noqa: S608 - constant
+_UPDATE_KEY = (
+    "UPDATE virtual_keys SET "  # noqa: S608 - constant
+    + ", ".join(f"{c} = ${i + 1}" for i, c in enumerate(KEY_COLUMNS[1:]))
+    + f" WHERE id = ${len(KEY_COLUMNS)}"
+)
+
+
+class PostgresStore:
+    """Keys and server metadata in PostgreSQL (shared by every instance), over an asyncpg pool."""
+
+    def __init__(self, dsn: str, *, max_size: int = 4) -> None:
+        self._dsn = dsn
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def start(self) -> None:
+        """Migrate and connect."""
+        if self._pool is not None:
+            return
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._max_size)
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The pool (``start()`` first)."""
+        assert self._pool is not None, "start() first"
+        return self._pool
+
+    async def ping(self) -> bool:
+        """True when the database answers."""
+        return bool(await self.pool.fetchval("SELECT 1") == 1)
+
+    async def get_meta(self, name: str) -> str | None:
+        """A server metadata value."""
+        value = await self.pool.fetchval("SELECT value FROM meta WHERE name = $1", name)
+        return None if value is None else str(value)
+
+    async def set_meta(self, name: str, value: str) -> None:
+        """Store or replace a value."""
+        await self.pool.execute(
+            "INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = $2",
+            name,
+            value,
+        )
+
+    async def set_meta_if_absent(self, name: str, value: str) -> bool:
+        """Store a value unless one exists; True if this call stored it."""
+        done = await self.pool.execute(
+            "INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", name, value
+        )
+        return bool(done == "INSERT 0 1")
+
+    async def insert_key(self, row: KeyRow) -> None:
+        """Add a key."""
+        await self.pool.execute(_INSERT_KEY, *key_values(row))
+
+    async def replace_key(self, row: KeyRow) -> bool:
+        """Store a changed key (same id)."""
+        done = await self.pool.execute(_UPDATE_KEY, *key_values(row)[1:], row.id)
+        return bool(done == "UPDATE 1")
+
+    async def get_key(self, key_id: str) -> KeyRow | None:
+        """The key with this id."""
+        record = await self.pool.fetchrow(KEY_SELECT + " FROM virtual_keys WHERE id = $1", key_id)
+        return None if record is None else key_row(tuple(record))
+
+    async def find_key(self, digest: str) -> KeyRow | None:
+        """The key with this digest (the unique index on it: no scans)."""
+        record = await self.pool.fetchrow(KEY_SELECT + " FROM virtual_keys WHERE digest = $1", digest)
+        return None if record is None else key_row(tuple(record))
+
+    async def list_keys(self) -> list[KeyRow]:
+        """Every key, oldest first."""
+        records = await self.pool.fetch(KEY_SELECT + " FROM virtual_keys ORDER BY created_at, id")
+        return [key_row(tuple(r)) for r in records]
+
+    async def revoke_key(self, key_id: str, at: int) -> bool:
+        """Revoke an active key."""
+        done = await self.pool.execute(
+            "UPDATE virtual_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", at, key_id
+        )
+        return bool(done == "UPDATE 1")
