@@ -106,30 +106,39 @@ def _stop(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
             proc.wait()
 
 
-@contextlib.contextmanager
-def running_postgres(tmp_dir: Path) -> Iterator[str]:
-    """A private PostgreSQL on a free port with fast, unsafe settings; yields its DSN.
+class PostgresServer:
+    """A private PostgreSQL cluster on a free port with fast, unsafe settings; it can be stopped (or
+    killed) and started again on the same data and port.
 
     The log goes to ``tmp_dir/postgres.log``. When we are root the cluster lives in its own directory
     under the system temp dir, owned by an unprivileged user: pytest's base temp dir is mode 0700 and
     root-owned, so that user could not reach a cluster inside it.
     """
-    bindir = postgres_bindir()
-    user = _unprivileged_user()
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    log = tmp_dir / "postgres.log"
-    base = Path(tempfile.mkdtemp(prefix="sluice-pg-")) if user else tmp_dir / "postgres"
-    base.mkdir(exist_ok=True)
-    data, sockets = base / "data", base / "sockets"
-    proc: subprocess.Popen[bytes] | None = None
-    try:
-        sockets.mkdir()
-        if user:
-            for path in (base, sockets):
-                os.chown(path, user.pw_uid, user.pw_gid)
+
+    def __init__(self, tmp_dir: Path, *, survives_kill: bool = False) -> None:
+        # synchronous_commit=off may lose the last commits when the server is killed (not the OS: fsync
+        # can stay off); a test that kills the server and counts rows needs it on
+        self.synchronous_commit = "on" if survives_kill else "off"
+        self.bindir = postgres_bindir()
+        self.user = _unprivileged_user()
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.log = tmp_dir / "postgres.log"
+        self.base = Path(tempfile.mkdtemp(prefix="sluice-pg-")) if self.user else tmp_dir / "postgres"
+        self.base.mkdir(exist_ok=True)
+        self.data, self.sockets = self.base / "data", self.base / "sockets"
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.dsn = f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{PG_DATABASE}"
+
+    def init(self) -> None:
+        """Create the cluster and the database."""
+        self.sockets.mkdir()
+        if self.user:
+            for path in (self.base, self.sockets):
+                os.chown(path, self.user.pw_uid, self.user.pw_gid)
         initdb = [
-            str(bindir / "initdb"),
-            f"--pgdata={data}",
+            str(self.bindir / "initdb"),
+            f"--pgdata={self.data}",
             f"--username={PG_USER}",
             "--auth=trust",
             "--encoding=UTF8",
@@ -137,44 +146,85 @@ def running_postgres(tmp_dir: Path) -> Iterator[str]:
             "--no-sync",  # no fsync: a crash only loses a throwaway cluster
             "--no-instructions",
         ]
-        with log.open("wb") as out:
+        with self.log.open("wb") as out:
             done = subprocess.run(
-                _as_user(user, initdb), cwd=base, stdout=out, stderr=subprocess.STDOUT, check=False
+                _as_user(self.user, initdb), cwd=self.base, stdout=out, stderr=subprocess.STDOUT, check=False
             )
         if done.returncode != 0:
-            pytest.fail(f"initdb exited with {done.returncode}:\n{log.read_text(errors='replace')}")
-        port = _free_port()
-        postgres = [
-            str(bindir / "postgres"),
-            "-D",
-            str(data),
+            pytest.fail(f"initdb exited with {done.returncode}:\n{self.log.read_text(errors='replace')}")
+        self.start()
+        createdb = [
+            str(self.bindir / "createdb"),
+            "-h",
+            "127.0.0.1",
             "-p",
-            str(port),
+            str(self.port),
+            "-U",
+            PG_USER,
+            PG_DATABASE,
+        ]
+        made = subprocess.run(createdb, capture_output=True, text=True, check=False)
+        if made.returncode != 0:
+            pytest.fail(f"createdb failed: {made.stderr}")
+
+    def start(self) -> None:
+        """Start the server (again) and wait until it accepts connections."""
+        postgres = [
+            str(self.bindir / "postgres"),
+            "-D",
+            str(self.data),
+            "-p",
+            str(self.port),
             "-k",
-            str(sockets),
+            str(self.sockets),
             "-c",
             "listen_addresses=127.0.0.1",
             "-c",
             "fsync=off",
             "-c",
-            "synchronous_commit=off",
+            f"synchronous_commit={self.synchronous_commit}",
             "-c",
             "full_page_writes=off",
         ]
-        with log.open("ab") as out:
-            proc = subprocess.Popen(_as_user(user, postgres), cwd=base, stdout=out, stderr=subprocess.STDOUT)
-        isready = [str(bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                _as_user(self.user, postgres), cwd=self.base, stdout=out, stderr=subprocess.STDOUT
+            )
+        isready = [
+            str(self.bindir / "pg_isready"),
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            PG_USER,
+        ]
         # pg_isready exits 0 once connections are accepted; 1 while starting, 2 before it listens.
-        _wait_until(lambda: subprocess.run(isready, check=False).returncode == 0, proc, "postgres", log)
-        createdb = [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, PG_DATABASE]
-        made = subprocess.run(createdb, capture_output=True, text=True, check=False)
-        if made.returncode != 0:
-            pytest.fail(f"createdb failed: {made.stderr}")
-        yield f"postgresql://{PG_USER}@127.0.0.1:{port}/{PG_DATABASE}"
+        proc = self.proc
+        _wait_until(lambda: subprocess.run(isready, check=False).returncode == 0, proc, "postgres", self.log)
+
+    def stop(self, sig: signal.Signals = signal.SIGQUIT) -> None:
+        """Stop the server (SIGQUIT: immediate; SIGKILL: a crash)."""
+        if self.proc is not None:
+            _stop(self.proc, sig)
+            self.proc = None
+
+    def remove(self) -> None:
+        """Stop and delete the cluster."""
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_postgres(tmp_dir: Path) -> Iterator[str]:
+    """A private PostgreSQL (see ``PostgresServer``); yields its DSN."""
+    server = PostgresServer(tmp_dir)
+    try:
+        server.init()
+        yield server.dsn
     finally:
-        if proc is not None:
-            _stop(proc, signal.SIGQUIT)  # immediate shutdown: nothing here is worth a checkpoint
-        shutil.rmtree(base, ignore_errors=True)
+        server.remove()
 
 
 def _redis_answers_ping(port: int) -> bool:
@@ -187,36 +237,47 @@ def _redis_answers_ping(port: int) -> bool:
         return False
 
 
+class RedisServer:
+    """A private redis-server on a free port with no persistence; it can be stopped and started again
+    on the same port (empty, as a restarted Redis that keeps nothing on disk is)."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail(f"redis-server not found on PATH; {INSTALL_HINT}", pytrace=False)
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.binary = binary
+        self.dir = tmp_dir
+        self.log = tmp_dir / "redis.log"
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the server and wait until it answers PING."""
+        argv = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
+        argv += ["--appendonly", "no", "--dir", str(self.dir)]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        proc = self.proc
+        _wait_until(lambda: _redis_answers_ping(self.port), proc, "redis-server", self.log)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop the server."""
+        if self.proc is not None:
+            _stop(self.proc, sig)
+            self.proc = None
+
+
 @contextlib.contextmanager
-def running_redis(tmp_dir: Path, port: int | None = None) -> Iterator[str]:
-    """A private redis-server (on a free port unless ``port`` is given) with no persistence; yields its
-    URL. Giving the port of a server that was stopped brings "the same" Redis back, empty."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail(f"redis-server not found on PATH; {INSTALL_HINT}", pytrace=False)
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    log = tmp_dir / "redis.log"
-    port = port or _free_port()
-    argv = [
-        binary,
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(tmp_dir),
-    ]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+def running_redis(tmp_dir: Path) -> Iterator[str]:
+    """A private redis-server (see ``RedisServer``); yields its URL."""
+    server = RedisServer(tmp_dir)
+    server.start()
     try:
-        _wait_until(lambda: _redis_answers_ping(port), proc, "redis-server", log)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        _stop(proc, signal.SIGTERM)
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Budgets as a state machine over the real parts: ``Limiter`` on ``MemoryCounters``, requests settled
 through ``Accounting`` into a real ``SQLiteLedger``, process restarts, and a clock that crosses UTC days,
-weeks and months. Plus edge cases of the counters and the calendar.
+weeks and months. Plus edge cases of the counters and the calendar, and of a key's limits changing.
 
 After every step the ledger is flushed and, for every counter of a limit in force:
 
@@ -103,7 +103,9 @@ def _row(key_id: str, limits: LimitSettings | None, user_limits: LimitSettings |
     return KeyRow(key_id, "digest", key_id, "hint", None, 0, None, limits=limits, user_limits=user_limits)
 
 
-KEY_ROWS = [_row("k1", K1_LIMITS), _row("k2", K2_LIMITS, K2_USERS)]
+async def _key_rows() -> list[KeyRow]:
+    """The key store's rows, as a starting app reads them."""
+    return [_row("k1", K1_LIMITS), _row("k2", K2_LIMITS, K2_USERS)]
 
 
 def _limits_of(scope_id: str) -> Limits:
@@ -219,10 +221,9 @@ class BudgetMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.dir = Path(tempfile.mkdtemp(prefix="sluice-machine-"))
-        self.now = int(STARTS[0].timestamp() * US)
+        self.now = int(STARTS[0].timestamp()) * US
         self.ledger = self._open_ledger()
-        self.limiter = Limiter(MemoryCounters(), BUDGETS, PROVIDERS)
-        self.accounting = Accounting(self.ledger, Metrics(None), self.limiter, lambda: self.now)
+        self.limiter, self.accounting = self._process()
         self.in_flight: list[Entry] = []
         self.left: list[str] = []  # request ids a restart left in flight
         self.interrupted: set[str] = set()  # those a restart marked interrupted
@@ -232,6 +233,11 @@ class BudgetMachine(RuleBasedStateMachine):
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
+
+    def _process(self) -> tuple[Limiter, Accounting]:
+        """A serving process's budgets: counters on the machine's clock, settled through accounting."""
+        limiter = Limiter(MemoryCounters(lambda: self.now), BUDGETS, PROVIDERS)
+        return limiter, Accounting(self.ledger, Metrics(None), limiter)
 
     def _open_ledger(self) -> SQLiteLedger:
         # no timed commits: rows are written when a step flushes, so each check sees a known state
@@ -384,9 +390,8 @@ class BudgetMachine(RuleBasedStateMachine):
         # a new ledger marks rows pending since before every deadline (wall clock) as interrupted
         rows = self.run(self.ledger.rows(0, 2**62, ("request_id", "status")))
         self.interrupted = {rid for rid, status in rows if status == "interrupted"}
-        self.limiter = Limiter(MemoryCounters(), BUDGETS, PROVIDERS)
-        self.accounting = Accounting(self.ledger, Metrics(None), self.limiter, lambda: self.now)
-        self.run(self.limiter.rebuild(self.ledger, self.now, KEY_ROWS))
+        self.limiter, self.accounting = self._process()
+        self.run(self.limiter.start(self.ledger, _key_rows))  # as the app starts: spend from the ledger
         self.restarts += 1
         event(f"restart with {len(self.left)} left in flight, {len(self.interrupted)} interrupted")
         after = self._counters()
@@ -431,7 +436,7 @@ class BudgetMachine(RuleBasedStateMachine):
             period = _period(window)
             limit = next((x for x in _limits_of(scope) if x.metric == metric and x.period == period), None)
             if limit is None:
-                # a rebuild loads all three metrics of a scope with limits, though only the limited ones
+                # a start loads all three metrics of a scope with limits, though only the limited ones
                 # are kept up to date afterwards
                 assert self.restarts > 0 and period in CALENDAR and _limits_of(scope), (scope, metric, window)
                 continue
@@ -580,8 +585,8 @@ def test_a_limit_put_back_counts_the_spend_made_while_it_was_off(tmp_path: Path)
     async def main() -> tuple[list[str], int, int]:
         ledger = SQLiteLedger(tmp_path / "sluice.db", flush_interval=3600)
         await ledger.start()
-        limiter = Limiter(MemoryCounters(), BudgetSettings(), {})
-        accounting = Accounting(ledger, Metrics(None), limiter, lambda: now)
+        limiter = Limiter(MemoryCounters(lambda: now), BudgetSettings(), {})
+        accounting = Accounting(ledger, Metrics(None), limiter)
         outcomes = []
 
         async def spend(i: int, row: KeyRow) -> None:
@@ -597,7 +602,10 @@ def test_a_limit_put_back_counts_the_spend_made_while_it_was_off(tmp_path: Path)
             accounting.settle(entry, OK, 200, tokens=TokenUsage(input_tokens=10, output_tokens=10))
             outcomes.append("ok")
 
-        await limiter.rebuild(ledger, now, [capped])
+        async def rows() -> list[KeyRow]:
+            return [capped]
+
+        await limiter.start(ledger, rows)
         await spend(0, capped)
         await limiter.key_changed(ledger, now, uncapped)
         for i in (1, 2, 3):
@@ -613,3 +621,36 @@ def test_a_limit_put_back_counts_the_spend_made_while_it_was_off(tmp_path: Path)
     outcomes, ledger_nanos, counted = asyncio.run(main())
     assert outcomes == ["ok", "ok", "ok", "ok", "refused"]
     assert counted == ledger_nanos == 4_000_000
+
+
+def test_a_request_admitted_while_a_key_reloads_is_counted(tmp_path: Path) -> None:
+    """An admin changes a key's limits while the key serves requests: none escapes the new counters."""
+    now = _at(2027, 3, 1, 12)
+    old, new = _row("k", _limits({"usd": {"total": "1"}})), _row("k", _limits({"usd": {"total": "2"}}))
+
+    async def main() -> tuple[int, dict[CounterKey, int]]:
+        ledger = SQLiteLedger(tmp_path / "sluice.db", flush_interval=3600)
+        await ledger.start()
+        limiter = Limiter(MemoryCounters(lambda: now), BudgetSettings(), {})
+        accounting = Accounting(ledger, Metrics(None), limiter)
+
+        async def rows() -> list[KeyRow]:
+            return [old]
+
+        await limiter.start(ledger, rows)
+        reload = asyncio.create_task(limiter.key_changed(ledger, now, new))
+        await asyncio.sleep(0)  # the reload is reading the ledger on a thread
+        entry = Entry("r", now, "chat", "m", key_id="k", provider="openai", pricer=PRICER, output_cap=10)
+        limits = key_limits("k", "k", old.limits, None)  # the principal cached before the change
+        await limiter.admit(entry, limiter.scopes("k", limits, None, None, None), 20)
+        ledger.open(entry)
+        await reload
+        accounting.settle(entry, OK, 200, tokens=TokenUsage(input_tokens=10, output_tokens=10))
+        await ledger.flush()
+        ((*_, ledger_nanos, _tokens, _requests),) = await ledger.totals(0)
+        counters = {k: s + r for k, s, r in await limiter.counters.read("key:k")}
+        await ledger.close()
+        return ledger_nanos, counters
+
+    ledger_nanos, counters = asyncio.run(main())
+    assert counters.get(("key:k", USD, "all")) == ledger_nanos == 1_000_000

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 from sluice.errors import ModelUnpriced, SluiceError
 from sluice.keys.policy import Attribution
@@ -28,21 +27,15 @@ log = logging.getLogger("sluice.accounting")
 UNREACHABLE = "upstream_unreachable"
 
 
-def wall_clock_us() -> int:
-    """Now, in unix microseconds."""
-    return time.time_ns() // 1000
-
-
 class Accounting:
     """Opens entries at admission and settles them; hands rows to the ledger and counts metrics."""
 
-    def __init__(
-        self, ledger: Ledger, metrics: Metrics, limiter: Limiter, clock: Callable[[], int] = wall_clock_us
-    ) -> None:
+    def __init__(self, ledger: Ledger, metrics: Metrics, limiter: Limiter) -> None:
         self.ledger = ledger
         self.metrics = metrics
         self.limiter = limiter
-        self.clock = clock  # unix µs: the one clock that dates rows and decides budget periods
+        # unix µs: the one clock that dates rows and decides budget periods (the counters' clock)
+        self.clock = limiter.counters.clock
 
     def begin(
         self,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from sluice.accounting import Accounting, wall_clock_us
+from sluice.accounting import Accounting
 from sluice.api.asgi import SluiceAPI
 from sluice.config_file import resolve_secret
 from sluice.errors import ConfigError
@@ -17,13 +17,15 @@ from sluice.gateway import Gateway
 from sluice.keys.digest import load_server_secret
 from sluice.keys.service import ADMIN_ENV, KeyService
 from sluice.ledger.sink import Ledger
-from sluice.limits.counters import MemoryCounters
+from sluice.limits.counters import Counters, MemoryCounters
 from sluice.limits.limiter import Limiter
 from sluice.metrics import SHARED_ENV, Metrics
 from sluice.pricebook import load_sheets
 from sluice.providers.presets import PRESETS
 from sluice.routing.table import Route, build_routes
 from sluice.settings import Config, ProviderSettings
+from sluice.store.broadcast import KeyBroadcast
+from sluice.store.counters_redis import RedisCounters
 from sluice.store.keys import KeyRow, KeyStore
 from sluice.store.ledger_postgres import PostgresLedger
 from sluice.store.ledger_sqlite import SQLiteLedger
@@ -104,8 +106,7 @@ def _endpoint(p: ProviderSettings, environ: Mapping[str, str]) -> ProviderEndpoi
 def open_ledger(config: Config, environ: Mapping[str, str]) -> Ledger:
     """The configured ledger backend (not started)."""
     server = config.server
-    # a pending row is stale once every deadline of every provider has passed, with a margin
-    stale = max((p.timeouts.total for p in config.providers), default=900.0) + 120.0
+    stale = _stale_after_s(config)  # a pending row is stale once every deadline has passed
     flush = server.ledger_flush_ms / 1000
     if server.store == "postgres":
         return PostgresLedger(_database_url(config, environ), flush_interval=flush, stale_after_s=stale)
@@ -131,16 +132,41 @@ def priced_routes(config: Config, *, cache: bool = True) -> dict[str, Route]:
     return build_routes(config, load_sheets(pairs, Path(config.server.data_dir) if cache else None))
 
 
-def open_limiter(config: Config) -> Limiter:
+def _stale_after_s(config: Config) -> float:
+    """When a request still unsettled must have died: every deadline of every provider, and a margin."""
+    return max((p.timeouts.total for p in config.providers), default=900.0) + 120.0
+
+
+def _redis_url(config: Config, environ: Mapping[str, str]) -> str:
+    try:
+        url = resolve_secret(config.server.redis_url, environ)
+    except ConfigError as exc:
+        raise ConfigError(f"server.redis_url: {exc.message}") from exc
+    if not url:
+        raise ConfigError("server.redis_url: the referenced variable is empty")
+    return url
+
+
+def _broadcast(config: Config, environ: Mapping[str, str]) -> KeyBroadcast | None:
+    """Key changes told to every instance, when they share Redis."""
+    return KeyBroadcast(_redis_url(config, environ)) if config.server.counters == "redis" else None
+
+
+def open_limiter(
+    config: Config, environ: Mapping[str, str], clock: Callable[[], int] | None = None
+) -> Limiter:
     """The budgets of the config over the configured counters backend."""
+    counters: Counters
     if config.server.counters == "redis":
-        raise ConfigError("counters: redis is not available in this build yet; use counters: memory")
+        counters = RedisCounters(_redis_url(config, environ), hold_deadline_s=_stale_after_s(config))
+    else:
+        counters = MemoryCounters(clock)
     return Limiter(
-        MemoryCounters(),
+        counters,
         config.budgets,
         {p.name: p.limits for p in config.providers},
         config.server.bytes_per_token,
-        shared=config.server.workers == 1,
+        shared=config.server.workers == 1 or config.server.counters == "redis",
     )
 
 
@@ -163,7 +189,7 @@ def create_app(
     environ: Mapping[str, str],
     services: Services | None = None,
     *,
-    clock: Callable[[], int] = wall_clock_us,
+    clock: Callable[[], int] | None = None,
 ) -> SluiceAPI:
     """Build the ASGI app for a validated config (``clock``: unix µs, injectable for tests)."""
     svc = services or open_services(config, environ)
@@ -173,15 +199,18 @@ def create_app(
     routes = priced_routes(config)
     for warning in unpriced(routes):
         log.warning("%s", warning)
-    limiter = open_limiter(config)
+    limiter = open_limiter(config, environ, clock)
     gateway = Gateway(routes, upstream, ledger, limiter)
 
     async def limits_changed(row: KeyRow) -> None:
-        await limiter.key_changed(ledger, clock(), row)
+        await limiter.key_changed(ledger, limiter.counters.clock(), row)
 
     svc.keys.limits_changed = limits_changed
+    broadcast = _broadcast(config, environ)
+    if broadcast is not None:
+        svc.keys.announce = broadcast.publish
     metrics = Metrics(environ.get(SHARED_ENV))
-    accounting = Accounting(ledger, metrics, limiter, clock)
+    accounting = Accounting(ledger, metrics, limiter)
 
     async def ready() -> dict[str, bool]:
         try:
@@ -197,13 +226,16 @@ def create_app(
         if problem is not None:
             raise ConfigError(problem)
         await ledger.start()
-        rows = await svc.keys.all()
-        loaded = await limiter.rebuild(ledger, clock(), rows)
-        svc.keys.remember(rows)
-        log.info("budgets: %d counters rebuilt from the ledger", loaded)
+        svc.keys.remember(await svc.keys.all())
+        await limiter.start(ledger, svc.keys.all)
+        if broadcast is not None:
+            await broadcast.start(svc.keys.forget)
         await metrics.start()
 
     async def shutdown() -> None:
+        if broadcast is not None:
+            await broadcast.close()
+        await limiter.counters.close()
         await upstream.close()
         await ledger.close()
         await metrics.close()

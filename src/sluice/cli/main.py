@@ -140,7 +140,7 @@ def _run(config: Config, config_path: str | None, emulator: Emulator | None, ser
         uvicorn.Server(uvicorn.Config(app, **common)).run()  # type: ignore[arg-type]
         return
     # Several workers: each process builds its own app from the same inputs.
-    problem = services.run(lambda: unshared_budgets(config, open_limiter(config), services.keys))
+    problem = services.run(lambda: unshared_budgets(config, open_limiter(config, os.environ), services.keys))
     if problem is not None:
         raise ConfigError(problem)
     priced_routes(config)  # resolve the price sheets once, here, so the workers read the cache

@@ -7,6 +7,7 @@ a client gone. A row still pending long after every deadline is marked ``interru
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -178,6 +179,11 @@ class Entry:
             "latency_us": self.upstream_us or None,
         }
         return orjson.dumps((one,)).decode()
+
+
+def wall_clock_us() -> int:
+    """Now by this machine's clock, in unix microseconds."""
+    return time.time_ns() // 1000
 
 
 def from_us(us: int) -> datetime:

@@ -80,6 +80,11 @@ class Ledger(Protocol):
         """Start the writer (inside the serving event loop)."""
         ...
 
+    @property
+    def healthy(self) -> bool:
+        """False while the writer has been failing to commit for a while (capped requests fail closed)."""
+        ...
+
     async def flush(self) -> None:
         """Wait until everything handed over so far is committed."""
         ...

@@ -10,12 +10,12 @@ share counters through Redis instead: ``sluice.limits.redis``.)
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sluice.errors import BudgetExceeded, LimitReached, SluiceError
-from sluice.ledger.entry import usd_text
+from sluice.ledger.entry import usd_text, wall_clock_us
 from sluice.limits.spec import (
     CONCURRENT,
     MINUTE,
@@ -68,25 +68,40 @@ class Hold:
     parts: list[tuple[Any, str, int]]  # (the backend's handle on a counter, metric, amount reserved)
     rooms: list[Room] = field(default_factory=list)
     settled: bool = False
+    token: str = ""  # the backend's id for the reservation (Redis: its record)
+
+
+Loaded = list[tuple[CounterKey, int, int]]  # (counter, spent, window end µs; 0 = never)
 
 
 class Counters(Protocol):
     """Where counters live (this process, or Redis shared by many)."""
 
+    async def start(self, source: Callable[[], Awaitable[Loaded]]) -> None:
+        """Begin serving; ``source`` computes every counter from the ledger (a backend calls it at start,
+        or — Redis — whenever the shared counters were lost)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop background work (settlements still queued are sent first where possible)."""
+        ...
+
+    def clock(self) -> int:
+        """Now, in unix µs, by the clock that decides periods (one clock for every instance)."""
+        ...
+
     async def reserve(self, scopes: Sequence[Scope], need: Need, ts_us: int) -> Hold:
-        """Reserve ``need`` on every limit of every scope, or raise the refusal of the first that is full."""
+        """Reserve ``need`` on every limit of every scope, or raise the refusal of the first that is full
+        (``CountersUnavailable`` when the counters cannot be reached: fail closed)."""
         ...
 
     def settle(self, hold: Hold, nanos: int, tokens: int) -> None:
         """Replace the reservation with what the request actually cost and used (once)."""
         ...
 
-    def load(self, totals: Iterable[tuple[CounterKey, int, int]]) -> None:
-        """Set spent amounts rebuilt from the ledger, as (counter, spent, window end µs)."""
-        ...
-
-    def drop(self, prefixes: tuple[str, ...], exact: tuple[str, ...] = ()) -> None:
-        """Forget the counters of scopes whose id starts with one of ``prefixes`` or is in ``exact``."""
+    async def replace(self, scopes: set[str], prefix: str, loaded: Loaded, now_us: int) -> None:
+        """Forget the counters of ``scopes`` and of scopes starting with ``prefix``, then set ``loaded``
+        (a key's limits changed)."""
         ...
 
     async def read(self, prefix: str) -> list[tuple[CounterKey, int, int]]:
@@ -143,10 +158,18 @@ def refusal(room: Room, used: int, need: int, now_us: int) -> SluiceError:
 class MemoryCounters:
     """Counters in this process (one worker). ``spent`` and ``reserved`` per counter, in integers."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], int] | None = None) -> None:
         self._cells: dict[CounterKey, list[int]] = {}  # counter → [spent, reserved, window end µs]
         self._calendar = Calendar()
         self._swept_until = 0
+        self.clock = clock or wall_clock_us
+
+    async def start(self, source: Callable[[], Awaitable[Loaded]]) -> None:
+        """Load every counter from the ledger."""
+        self.load(await source())
+
+    async def close(self) -> None:
+        """Nothing runs in the background."""
 
     async def reserve(self, scopes: Sequence[Scope], need: Need, ts_us: int) -> Hold:
         """All or nothing, without yielding to the event loop (so no other request interleaves)."""
@@ -194,7 +217,7 @@ class MemoryCounters:
                 cell[0] += 1
 
     def load(self, totals: Iterable[tuple[CounterKey, int, int]]) -> None:
-        """Spent amounts rebuilt from the ledger; reservations of requests in flight are kept."""
+        """Spent amounts from the ledger; reservations of requests in flight are kept."""
         for key, spent, end_us in totals:
             cell = self._cells.get(key)
             if cell is None:
@@ -202,10 +225,11 @@ class MemoryCounters:
             else:
                 cell[0] = spent
 
-    def drop(self, prefixes: tuple[str, ...], exact: tuple[str, ...] = ()) -> None:
-        """Forget the counters of scopes whose limits are gone or about to be reloaded."""
-        for key in [k for k in self._cells if k[0] in exact or k[0].startswith(prefixes)]:
+    async def replace(self, scopes: set[str], prefix: str, loaded: Loaded, now_us: int) -> None:
+        """Drop the scopes' counters (a reservation in flight keeps its own cell, now unseen) and load."""
+        for key in [k for k in self._cells if k[0] in scopes or k[0].startswith(prefix)]:
             del self._cells[key]
+        self.load(loaded)
 
     async def read(self, prefix: str) -> list[tuple[CounterKey, int, int]]:
         """The counters of the matching scopes, sorted."""

@@ -14,13 +14,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from sluice.errors import CountersUnavailable
 from sluice.ledger.entry import Entry
 from sluice.ledger.sink import Ledger
-from sluice.limits.counters import CounterKey, Counters, Hold, Need
+from sluice.limits.counters import CounterKey, Counters, Hold, Loaded, Need
 from sluice.limits.spec import (
     ALL,
     FEATURE,
@@ -42,6 +44,11 @@ from sluice.settings import BudgetSettings, LimitSettings
 from sluice.store.keys import KeyRow
 
 log = logging.getLogger("sluice.limits")
+Kinds = set[tuple[str, str]]  # the (metric, period) pairs some limit bounds
+
+
+def _kinds(limits: Limits) -> Kinds:
+    return {(limit.metric, limit.period) for limit in limits}
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +97,8 @@ class Limiter:
         self._providers = {n: s for n, v in providers.items() if (s := _scope(PROVIDER, n, v)) is not None}
         self._users = compile_limits(budgets.users)
         self._bytes_per_token = bytes_per_token
+        self._ledger: Ledger | None = None
+        self._reloading: dict[str, asyncio.Event] = {}  # key id → set when its counters are reloaded
         self.any_users = bool(self._users)
 
     @property
@@ -128,11 +137,19 @@ class Limiter:
 
     async def admit(self, entry: Entry, scopes: tuple[Scope, ...], body_bytes: int) -> None:
         """Reserve the worst case on every scope (raises the refusal of a full one; nothing reserved)."""
+        if self._reloading and entry.key_id in self._reloading:
+            await self._reloading[entry.key_id].wait()  # its limits changed: wait for its counters
         need = self.need(entry, body_bytes)
         provider = self._providers.get(entry.provider)
         if provider is not None:
             scopes = (*scopes, provider)
         if scopes:
+            if self._ledger is not None and not self._ledger.healthy:
+                raise CountersUnavailable(
+                    "This request has a budget, and the ledger that records spend cannot be written; it "
+                    "was not sent. Retry shortly.",
+                    headers={"retry-after": "2"},
+                )
             entry.hold = await self.counters.reserve(scopes, need, entry.ts_us)
 
     def settle(self, entry: Entry) -> None:
@@ -149,35 +166,65 @@ class Limiter:
                 hold.need.nanos,
             )
 
-    async def rebuild(self, ledger: Ledger, now_us: int, keys: Iterable[KeyRow]) -> int:
-        """At start: load the current periods' spend of every scope that has limits from the ledger
-        (``keys``: every key in the store). Returns the number of counters loaded."""
-        limited = {row.id for row in keys if row.revoked_at is None and row.limits}
-        user_keys = {row.id for row in keys if row.revoked_at is None and row.user_limits}
-        exact = {
-            ALL,
-            *(s.id for s in self._teams.values()),
-            *(s.id for s in self._features.values()),
-            *(s.id for s in self._providers.values()),
-            *(f"key:{k}" for k in limited),
-        }
-        users = ("user:",) if self._users else tuple(f"user:{k}:" for k in user_keys)
-        return await self._load(ledger, now_us, exact, users, None)
+    async def start(self, ledger: Ledger, keys: Callable[[], Awaitable[list[KeyRow]]]) -> None:
+        """Start the counters; they load (or, shared, may later re-load) every limited scope's spend."""
+
+        async def source() -> Loaded:
+            return await self.totals(ledger, self.counters.clock(), await keys())
+
+        self._ledger = ledger
+        await self.counters.start(source)
+
+    async def totals(self, ledger: Ledger, now_us: int, keys: Iterable[KeyRow]) -> Loaded:
+        """The current periods' spend of every limited scope, from the ledger (``keys``: every key in
+        the store): one counter per limit, none for what no limit bounds."""
+        wanted: dict[str, Kinds] = {s.id: _kinds(s.limits) for s in self._scopes()}
+        users: dict[str, Kinds] = {}
+        for row in keys:
+            if row.revoked_at is None:
+                if row.limits:
+                    wanted[f"key:{row.id}"] = _kinds(compile_limits(row.limits))
+                user_limits = compile_limits(row.user_limits) or self._users
+                if user_limits:
+                    users[f"user:{row.id}:"] = _kinds(user_limits)
+        return await self._load(ledger, now_us, wanted, users, None)
 
     async def key_changed(self, ledger: Ledger, now_us: int, row: KeyRow) -> None:
-        """A key's limits changed: drop its counters and, for the limits it has now, load its spend so
-        far from the ledger. (Requests of the key in flight at that moment are not counted against
-        limits it did not have when they were admitted.)"""
-        key_scope, user_prefix = f"key:{row.id}", f"user:{row.id}:"
-        self.counters.drop((key_scope + "\x00", user_prefix), exact=(key_scope,))
-        exact = {key_scope} if row.limits else set()
-        users = (user_prefix,) if row.user_limits or self._users else ()
-        if (exact or users) and row.revoked_at is None:
-            await self._load(ledger, now_us, exact, users, row.id)
+        """A key's limits changed: its counters are reloaded from the ledger for the limits it has now.
+
+        While that runs, this instance holds the key's new requests back (they wait, then count against
+        the new counters). Requests already in flight count at their reservation — a little high until
+        the next start, never low. (With Redis, requests another instance admits during the reload,
+        a few milliseconds, are held against the new limits only once they settle.)"""
+        if row.id in self._reloading:
+            await self._reloading[row.id].wait()
+        done = self._reloading[row.id] = asyncio.Event()
+        try:
+            key_scope, user_prefix = f"key:{row.id}", f"user:{row.id}:"
+            wanted = {key_scope: _kinds(compile_limits(row.limits))} if row.limits else {}
+            user_limits = compile_limits(row.user_limits) or self._users
+            users = {user_prefix: _kinds(user_limits)} if user_limits else {}
+            loaded: Loaded = []
+            if (wanted or users) and row.revoked_at is None:
+                loaded = await self._load(ledger, now_us, wanted, users, row.id)
+            await self.counters.replace({key_scope}, user_prefix, loaded, now_us)
+        finally:
+            del self._reloading[row.id]
+            done.set()
+
+    def _scopes(self) -> list[Scope]:
+        """The scopes the config limits."""
+        fixed = [*self._teams.values(), *self._features.values(), *self._providers.values()]
+        return [*fixed, self._all] if self._all is not None else fixed
 
     async def _load(
-        self, ledger: Ledger, now_us: int, exact: set[str], users: tuple[str, ...], key_id: str | None
-    ) -> int:
+        self,
+        ledger: Ledger,
+        now_us: int,
+        wanted: dict[str, Kinds],
+        users: dict[str, Kinds],
+        key_id: str | None,
+    ) -> Loaded:
         windows = windows_at(now_us)
         loaded: dict[CounterKey, list[int]] = {}
         await ledger.flush()
@@ -187,13 +234,16 @@ class Limiter:
                 if key_id is not None and row[0] != key_id:
                     continue
                 for scope_id in self._scope_ids(row[:5]):
-                    if scope_id not in exact and not (users and scope_id.startswith(users)):
+                    kinds = wanted.get(scope_id)
+                    if kinds is None and scope_id.startswith("user:"):
+                        kinds = users.get(scope_id[: scope_id.index(":", 5) + 1])
+                    if kinds is None:
                         continue
                     for metric, value in ((USD, row[5]), (TOKENS, row[6]), (REQUESTS, row[7])):
-                        cell = loaded.setdefault((scope_id, metric, window.key), [0, window.end_us])
-                        cell[0] += int(value or 0)
-        self.counters.load((key, c[0], c[1]) for key, c in loaded.items())
-        return len(loaded)
+                        if (metric, period) in kinds:
+                            cell = loaded.setdefault((scope_id, metric, window.key), [0, window.end_us])
+                            cell[0] += int(value or 0)
+        return [(key, c[0], c[1]) for key, c in loaded.items()]
 
     def _scope_ids(self, columns: Iterable[object]) -> Iterable[str]:
         key_id, user, team, feature, provider = columns

@@ -28,6 +28,7 @@ from sluice.ledger.sink import (
     Totals,
     coalesce,
 )
+from sluice.store.health import WriteHealth
 from sluice.store.postgres import migrate
 
 log = logging.getLogger("sluice.ledger")
@@ -61,6 +62,12 @@ class PostgresLedger:
         self._progress = asyncio.Condition()
         self._pool: asyncpg.Pool | None = None
         self._task: asyncio.Task[None] | None = None
+        self._health = WriteHealth()
+
+    @property
+    def healthy(self) -> bool:
+        """False once writes have failed for a while (PostgreSQL unreachable)."""
+        return self._health.healthy
 
     def open(self, entry: Entry) -> None:
         """Hand over a request about to reach a provider."""
@@ -123,11 +130,13 @@ class PostgresLedger:
             batch, self._items, upto = self._items, [], self._queued
             try:
                 await self._write(batch)
+                self._health.succeeded()
                 backoff = 0.1
                 async with self._progress:
                     self._committed = upto
                     self._progress.notify_all()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                self._health.failed()
                 log.warning("ledger write failed; retrying in %.1fs", backoff, exc_info=True)
                 self._items = (batch + self._items)[-MAX_CARRY:]
                 await asyncio.sleep(backoff)

@@ -34,6 +34,7 @@ from sluice.ledger.sink import (
     Totals,
     coalesce,
 )
+from sluice.store.health import WriteHealth
 from sluice.store.sqlite import SQLiteStore
 
 log = logging.getLogger("sluice.ledger")
@@ -84,6 +85,12 @@ class SQLiteLedger:
         self._checkpointer: threading.Thread | None = None
         self._stopping = threading.Event()
         self._last_reconcile = 0.0
+        self._health = WriteHealth()
+
+    @property
+    def healthy(self) -> bool:
+        """False once commits have failed (not merely waited for a lock) for a while."""
+        return self._health.healthy
 
     # --- the hot path -------------------------------------------------------------------------------
 
@@ -180,8 +187,10 @@ class SQLiteLedger:
             db.execute("COMMIT")
         except sqlite3.Error:
             db.execute("ROLLBACK")
+            self._health.failed()
             log.warning("ledger write failed; retrying at the next tick", exc_info=True)
             return False
+        self._health.succeeded()
         return True
 
     def _checkpoints(self) -> None:
