@@ -13,11 +13,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from sluice.errors import ConfigError, SluiceError
+from sluice.errors import ConfigError, SluiceError, VaultError
 from sluice.keys.vault import (
     Sealed,
     Vault,
-    VaultError,
     fingerprint,
     kek_id,
     load_keks,

@@ -15,7 +15,9 @@ from sluice.config_file import resolve_secret
 from sluice.errors import ConfigError
 from sluice.gateway import Gateway
 from sluice.keys.digest import load_server_secret
+from sluice.keys.provider_keys import ProviderKeys
 from sluice.keys.service import ADMIN_ENV, KeyService
+from sluice.keys.vault import load_keks
 from sluice.ledger.sink import Ledger
 from sluice.limits.counters import Counters, MemoryCounters
 from sluice.limits.limiter import Limiter
@@ -24,7 +26,7 @@ from sluice.pricebook import load_sheets
 from sluice.providers.presets import PRESETS
 from sluice.routing.table import Route, build_routes
 from sluice.settings import Config, ProviderSettings
-from sluice.store.broadcast import KeyBroadcast
+from sluice.store.broadcast import PROVIDER_KEYS_CHANGED, KeyBroadcast
 from sluice.store.counters_redis import RedisCounters
 from sluice.store.keys import KeyRow, KeyStore
 from sluice.store.ledger_postgres import PostgresLedger
@@ -44,6 +46,7 @@ class Services:
 
     store: KeyStore
     keys: KeyService
+    provider_keys: ProviderKeys
 
     def run(self, work: Callable[[], Awaitable[T]]) -> T:
         """Run async store work from synchronous code (the CLI), connecting around it."""
@@ -80,7 +83,8 @@ def open_services(config: Config, environ: Mapping[str, str]) -> Services:
     keys = KeyService(
         store, secret, ttl=config.server.key_cache_ttl_s, admin_key=environ.get(ADMIN_ENV) or None
     )
-    return Services(store, keys)
+    provider_keys = ProviderKeys(store, load_keks(environ), {p.name for p in config.providers})
+    return Services(store, keys, provider_keys)
 
 
 def _endpoint(p: ProviderSettings, environ: Mapping[str, str]) -> ProviderEndpoint:
@@ -90,13 +94,11 @@ def _endpoint(p: ProviderSettings, environ: Mapping[str, str]) -> ProviderEndpoi
         headers = {name: resolve_secret(value, environ) or "" for name, value in p.headers.items()}
     except ConfigError as exc:
         raise ConfigError(f"provider {p.name!r}: {exc.message}") from exc
-    auth: dict[str, str] = {}
-    if key:
-        auth = {"x-api-key": key} if preset.auth == "x-api-key" else {"authorization": f"Bearer {key}"}
     return ProviderEndpoint(
         name=p.name,
         base_url=p.base_url or preset.base_url,
-        auth_headers=auth,
+        api_key=key or None,
+        auth_style="x-api-key" if preset.auth == "x-api-key" else "bearer",
         headers=headers,
         timeouts=p.timeouts,
         max_connections=p.max_connections,
@@ -209,6 +211,28 @@ def create_app(
     broadcast = _broadcast(config, environ)
     if broadcast is not None:
         svc.keys.announce = broadcast.publish
+
+    async def load_provider_keys() -> None:
+        opened = await svc.provider_keys.opened()
+        for name in endpoints:
+            upstream.set_stored_keys(
+                name, [(o.row.id, o.secret) for o in opened if o.row.provider == name and o.secret]
+            )
+
+    async def provider_keys_changed() -> None:
+        await load_provider_keys()
+        if broadcast is not None:
+            await broadcast.publish(PROVIDER_KEYS_CHANGED)
+
+    def heard(message: str) -> None:
+        if message == PROVIDER_KEYS_CHANGED:
+            reloads.add(asyncio.create_task(load_provider_keys()))
+            for task in [t for t in reloads if t.done()]:
+                reloads.discard(task)
+        else:
+            svc.keys.forget(message)
+
+    reloads: set[asyncio.Task[None]] = set()
     metrics = Metrics(environ.get(SHARED_ENV))
     accounting = Accounting(ledger, metrics, limiter)
 
@@ -228,8 +252,9 @@ def create_app(
         await ledger.start()
         svc.keys.remember(await svc.keys.all())
         await limiter.start(ledger, svc.keys.all)
+        await load_provider_keys()
         if broadcast is not None:
-            await broadcast.start(svc.keys.forget)
+            await broadcast.start(heard)
         await metrics.start()
 
     async def shutdown() -> None:
@@ -241,7 +266,7 @@ def create_app(
         await metrics.close()
         await svc.store.close()
 
-    return SluiceAPI(
+    api = SluiceAPI(
         gateway,
         svc.keys,
         config.server.max_body_bytes,
@@ -251,3 +276,6 @@ def create_app(
         on_startup=startup,
         public_metrics=config.server.public_metrics,
     )
+    api.provider_keys = svc.provider_keys
+    api.provider_keys_changed = provider_keys_changed
+    return api

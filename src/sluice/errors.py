@@ -17,6 +17,7 @@
     ├── UpstreamTimeout              504 upstream_timeout
     ├── ServiceUnavailable           503 service_unavailable
     │   └── CountersUnavailable      503 counters_unavailable (a capped request cannot be checked: refused)
+    ├── VaultError                   500 vault_error (a stored secret cannot be decrypted; shows no key)
     └── ConfigError                  a config file that does not validate (never reaches HTTP)
 
 Each class knows its status, OpenAI ``type`` and ``code``. ``sluice.api.errors`` renders them; no other
@@ -172,6 +173,13 @@ class CountersUnavailable(ServiceUnavailable):
     """The store that enforces a cap is unreachable: a capped request fails closed, never admitted blind."""
 
     code = "counters_unavailable"
+
+
+class VaultError(SluiceError):
+    """A sealed secret could not be decoded or decrypted, or a KEK is unusable. Never shows key material."""
+
+    status = 500
+    code = "vault_error"
 
 
 class ConfigError(SluiceError):

@@ -225,8 +225,12 @@ class Gateway:
             )
         return route
 
-    def _failed(self, dep: Deployment, status: int, headers: Mapping[str, str], body: bytes) -> SluiceError:
-        """The error for a provider's non-200 answer, logged with the provider's request id."""
+    def _failed(
+        self, dep: Deployment, status: int, headers: Mapping[str, str], body: bytes, key_id: str
+    ) -> SluiceError:
+        """The error for a provider's non-200 answer, logged with the provider's request id. A key the
+        provider refused or throttled steps aside for the account's next one."""
+        self._upstream.key_failed(dep.target.provider, key_id, status, headers.get("retry-after"))
         raw = self._upstream.redact(dep.target.provider, body)
         err = dep.adapter.error(dep.target.provider, status, headers, raw)
         upstream_id = (
@@ -248,7 +252,7 @@ class Gateway:
         got = await _timed(entry, self._upstream.fetch(dep.target.provider, call))
         entry.upstream_status = got.status
         if got.status != 200:
-            raise self._failed(dep, got.status, got.headers, got.body)
+            raise self._failed(dep, got.status, got.headers, got.body, got.key_id)
         try:
             out = dep.adapter.chat_response(got.body, req, dep.target)
         except _MALFORMED as exc:
@@ -267,7 +271,7 @@ class Gateway:
             reply = StreamReply(_meta_headers(dep.target), resp, dep, translator, entry)
             try:
                 if resp.status != 200:
-                    raise self._failed(dep, resp.status, resp.headers, await resp.error_body())
+                    raise self._failed(dep, resp.status, resp.headers, await resp.error_body(), resp.key_id)
                 if not resp.headers.get("content-type", "").startswith("text/event-stream"):
                     raise UpstreamError(
                         f"Provider {dep.target.provider!r} answered a stream request without a stream."
@@ -287,7 +291,7 @@ class Gateway:
         got = await _timed(entry, self._upstream.fetch(dep.target.provider, call))
         entry.upstream_status = got.status
         if got.status != 200:
-            raise self._failed(dep, got.status, got.headers, got.body)
+            raise self._failed(dep, got.status, got.headers, got.body, got.key_id)
         try:
             body = orjson.loads(got.body)
             data = body["data"]

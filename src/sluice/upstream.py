@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -27,23 +28,88 @@ ERROR_BODY_BYTES = 256 * 1024
 
 @dataclass(frozen=True, slots=True)
 class ProviderEndpoint:
-    """A provider as the transport sees it; ``auth_headers`` hold the secret and never leave here."""
+    """A provider as the transport sees it; its keys never leave this module."""
 
     name: str
     base_url: str
-    auth_headers: dict[str, str] = field(repr=False)
+    api_key: str | None = field(default=None, repr=False)  # from the config (`env:NAME`)
+    auth_style: str = "bearer"  # or "x-api-key" (Anthropic)
     headers: dict[str, str] = field(default_factory=dict)
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_connections: int = 1024
 
 
+@dataclass(slots=True)
+class RingKey:
+    """One key of a provider account, with the headers that present it."""
+
+    id: str  # "config", or a stored key's id
+    secret: str = field(repr=False)
+    headers: dict[str, str] = field(repr=False)
+    resting_until: float = 0.0  # monotonic seconds; 0: in use
+
+
+# How long a key steps aside: refused (revoked, out of credit) or throttled (without a retry-after).
+REFUSED_REST_S = 300.0
+THROTTLED_REST_S = 30.0
+MAX_REST_S = 3600.0
+
+
+class KeyRing:
+    """A provider account's keys: the first one not resting serves every request, so a key the provider
+    refuses (401, 402) or throttles (429) steps aside and the next takes over; when all rest, the one
+    that comes back first is used."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self, keys: list[RingKey]) -> None:
+        self.keys = keys
+
+    def pick(self) -> RingKey | None:
+        """The key for the next request (None: the account has no key)."""
+        keys = self.keys
+        if not keys:
+            return None
+        if keys[0].resting_until == 0.0:
+            return keys[0]
+        now = time.monotonic()
+        for key in keys:
+            if key.resting_until <= now:
+                key.resting_until = 0.0
+                return key
+        return min(keys, key=lambda k: k.resting_until)
+
+    def failed(self, key_id: str, status: int, retry_after: str | None) -> None:
+        """The provider refused (401, 402) or throttled (429) the request made with ``key_id``."""
+        if len(self.keys) < 2:
+            return  # nowhere to go: the next request tries the same key
+        rest = REFUSED_REST_S if status in (401, 402) else _retry_after(retry_after)
+        for key in self.keys:
+            if key.id == key_id:
+                key.resting_until = time.monotonic() + rest
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        seconds = float(value) if value else THROTTLED_REST_S
+    except ValueError:
+        seconds = THROTTLED_REST_S
+    return min(max(seconds, 1.0), MAX_REST_S)
+
+
+def _presented(style: str, secret: str) -> dict[str, str]:
+    return {"x-api-key": secret} if style == "x-api-key" else {"authorization": f"Bearer {secret}"}
+
+
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """A complete upstream answer (non-stream): status, case-insensitive headers, body."""
+    """A complete upstream answer (non-stream): status, case-insensitive headers, body, and which of the
+    account's keys was used."""
 
     status: int
     headers: Mapping[str, str]
     body: bytes
+    key_id: str = ""
 
 
 async def _read_all(resp: aiohttp.ClientResponse, limit: int, provider: str) -> bytes:
@@ -61,10 +127,13 @@ async def _read_all(resp: aiohttp.ClientResponse, limit: int, provider: str) -> 
 class UpstreamResponse:
     """An open upstream (stream) response; ``release()`` must always be called."""
 
-    def __init__(self, endpoint: ProviderEndpoint, resp: aiohttp.ClientResponse, started: float) -> None:
+    def __init__(
+        self, endpoint: ProviderEndpoint, resp: aiohttp.ClientResponse, started: float, key_id: str = ""
+    ) -> None:
         self._endpoint = endpoint
         self._resp = resp
         self._started = started
+        self.key_id = key_id
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers  # case-insensitive
 
@@ -166,6 +235,35 @@ class Upstream:
         self._endpoints = endpoints
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._urls: dict[tuple[str, str], URL] = {}
+        self._rings = {name: KeyRing(self._config_key(e)) for name, e in endpoints.items()}
+
+    @staticmethod
+    def _config_key(endpoint: ProviderEndpoint) -> list[RingKey]:
+        if not endpoint.api_key:
+            return []
+        return [RingKey("config", endpoint.api_key, _presented(endpoint.auth_style, endpoint.api_key))]
+
+    def set_stored_keys(self, provider: str, stored: list[tuple[str, str]]) -> None:
+        """The account's keys: the config's first, then the stored ones ``(id, secret)`` in order."""
+        endpoint = self._endpoints.get(provider)
+        if endpoint is None:
+            return
+        old = {k.id: k.resting_until for k in self._rings[provider].keys}
+        keys = self._config_key(endpoint) + [
+            RingKey(key_id, secret, _presented(endpoint.auth_style, secret)) for key_id, secret in stored
+        ]
+        for key in keys:
+            key.resting_until = old.get(key.id, 0.0)
+        self._rings[provider] = KeyRing(keys)
+
+    def key_failed(self, provider: str, key_id: str, status: int, retry_after: str | None) -> None:
+        """A provider refused or throttled a key: the account's next key serves for a while."""
+        ring = self._rings.get(provider)
+        if ring is not None and status in (401, 402, 429):
+            ring.failed(key_id, status, retry_after)
+
+    def _auth(self, provider: str) -> RingKey | None:
+        return self._rings[provider].pick()
 
     def _url(self, endpoint: ProviderEndpoint, path: str) -> URL:
         url = self._urls.get((endpoint.name, path))
@@ -174,7 +272,11 @@ class Upstream:
         return url
 
     @staticmethod
-    def _headers(call: UpstreamCall, *, stream: bool) -> dict[str, str] | None:
+    def _headers(call: UpstreamCall, key: RingKey | None, *, stream: bool) -> dict[str, str] | None:
+        if key is not None:
+            return (
+                {**_SSE_HEADERS, **call.headers, **key.headers} if stream else {**call.headers, **key.headers}
+            )
         if stream:
             return {**_SSE_HEADERS, **call.headers}
         return call.headers or None
@@ -183,18 +285,19 @@ class Upstream:
         """POST a non-stream call and read the whole answer, all under the ``total`` deadline."""
         endpoint = self._endpoints[provider]
         session = self._session(endpoint)
+        key = self._auth(provider)
         with _transport_errors(provider):
             async with (
                 asyncio.timeout(endpoint.timeouts.total),
                 session.post(
                     self._url(endpoint, call.path),
                     data=call.body,
-                    headers=self._headers(call, stream=False),
+                    headers=self._headers(call, key, stream=False),
                     allow_redirects=False,  # a redirect would carry the key and the prompt to another host
                 ) as resp,
             ):
                 body = await _read_all(resp, MAX_RESPONSE_BYTES, provider)
-                return Fetched(resp.status, resp.headers, body)
+                return Fetched(resp.status, resp.headers, body, key.id if key is not None else "")
 
     def _session(self, endpoint: ProviderEndpoint) -> aiohttp.ClientSession:
         session = self._sessions.get(endpoint.name)
@@ -213,7 +316,7 @@ class Upstream:
                 auto_decompress=False,
                 cookie_jar=aiohttp.DummyCookieJar(),  # providers' cookies must not leak between tenants
                 # Fixed headers live on the session: nothing to merge per request.
-                headers={**_SESSION_HEADERS, **endpoint.headers, **endpoint.auth_headers},
+                headers={**_SESSION_HEADERS, **endpoint.headers},
             )
             self._sessions[endpoint.name] = session
         return session
@@ -224,20 +327,22 @@ class Upstream:
         session = self._session(endpoint)
         started = asyncio.get_running_loop().time()
         t = endpoint.timeouts
+        key = self._auth(provider)
         with _transport_errors(provider):
             async with asyncio.timeout(min(t.first_byte, t.total)):
                 resp = await session.post(
                     self._url(endpoint, call.path),
                     data=call.body,
-                    headers=self._headers(call, stream=True),
+                    headers=self._headers(call, key, stream=True),
                     allow_redirects=False,
                 )
-        return UpstreamResponse(endpoint, resp, started)
+        return UpstreamResponse(endpoint, resp, started, key.id if key is not None else "")
 
     def redact(self, provider: str, raw: bytes) -> bytes:
         """Remove this provider's credentials from a body (a provider may echo the key it was sent)."""
         endpoint = self._endpoints[provider]
-        for value in (*endpoint.auth_headers.values(), *endpoint.headers.values()):
+        keys = [k.secret for k in self._rings[provider].keys]
+        for value in (*keys, *endpoint.headers.values()):
             secret = value[7:] if value.startswith("Bearer ") else value
             if len(secret) >= 8:
                 raw = raw.replace(secret.encode(), b"[redacted]")

@@ -8,6 +8,8 @@
     POST   /admin/keys/{id}/block         refuse its requests (reversible): /unblock
     POST   /admin/keys/{id}/revoke        for good (also DELETE /admin/keys/{id})
     GET    /admin/limits?scope=PREFIX     budget counters: spent and reserved, per scope and period
+    POST   /admin/provider-keys           store a provider key, encrypted (answers with its fingerprint)
+    GET    /admin/provider-keys           list them (fingerprints only); DELETE /admin/provider-keys/{id}
     GET    /admin/openapi.json            this API, described
 
 Store calls are awaited (SQLite's on a thread): the event loop never waits on the database.
@@ -21,14 +23,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sluice.api.openapi import admin_openapi
 from sluice.errors import InvalidRequest, MethodNotAllowed, NotFound
+from sluice.keys.provider_keys import ProviderKeys
 from sluice.keys.spec import KeyChange, KeyCreate
 from sluice.ledger.entry import usd_text
 from sluice.limits.spec import USD
-from sluice.store.keys import KeyRow
+from sluice.store.keys import KeyRow, ProviderKeyRow
 
 if TYPE_CHECKING:
     from sluice.api.asgi import Request, SluiceAPI
@@ -180,3 +183,68 @@ async def openapi(api: SluiceAPI, req: Request) -> None:
     """``/admin/openapi.json``."""
     await api.admin(req)
     await _send(api, req, 200, admin_openapi())
+
+
+def provider_key_json(svc: ProviderKeys, row: ProviderKeyRow) -> dict[str, Any]:
+    """A stored provider key as the API shows it: never the key, never the ciphertext."""
+    return {
+        "id": row.id,
+        "object": "provider_key",
+        "provider": row.provider,
+        "label": row.label,
+        "fingerprint": row.fingerprint,
+        "created_at": row.created_at,
+        "usable": svc.usable(row),  # false: this instance's key-encryption keys cannot open it
+    }
+
+
+class _NewProviderKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str = Field(..., min_length=1, max_length=128)
+    key: str = Field(..., min_length=1, max_length=4096)
+    label: str = Field("", max_length=128)
+
+
+def _secrets(api: SluiceAPI) -> ProviderKeys:
+    assert api.provider_keys is not None, "create_app sets it"
+    return api.provider_keys
+
+
+async def provider_keys(api: SluiceAPI, req: Request) -> None:
+    """``/admin/provider-keys``: GET lists, POST stores one."""
+    await api.admin(req)
+    svc = _secrets(api)
+    if req.scope["method"] == "POST":
+        try:
+            new = _NewProviderKey.model_validate_json(await api.read_body(req) or b"{}")
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first["loc"]) or "body"
+            raise InvalidRequest(f"Invalid provider key at {where}: {first['msg']}.", param=where) from None
+        row = await svc.add(new.provider, new.key, new.label)
+        await _provider_keys_changed(api)
+        await _send(api, req, 201, provider_key_json(svc, row))
+        return
+    rows = await svc.all()
+    await _send(api, req, 200, {"object": "list", "data": [provider_key_json(svc, r) for r in rows]})
+
+
+async def provider_key_item(api: SluiceAPI, req: Request, key_id: str) -> None:
+    """``DELETE /admin/provider-keys/{id}``."""
+    await api.admin(req)
+    if "/" in key_id or not key_id:
+        raise NotFound(f"Unknown path: {req.scope['method']} {req.scope['path']}")
+    if req.scope["method"] != "DELETE":
+        raise MethodNotAllowed(
+            f"Method {req.scope['method']} is not allowed here; use DELETE.", headers={"allow": "DELETE"}
+        )
+    svc = _secrets(api)
+    row = await svc.remove(key_id)
+    await _provider_keys_changed(api)
+    await _send(api, req, 200, {**provider_key_json(svc, row), "deleted": True})
+
+
+async def _provider_keys_changed(api: SluiceAPI) -> None:
+    if api.provider_keys_changed is not None:
+        await api.provider_keys_changed()

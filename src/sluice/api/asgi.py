@@ -40,6 +40,7 @@ from sluice.errors import (
 )
 from sluice.gateway import Gateway, Reply, StreamReply
 from sluice.keys.policy import attribute
+from sluice.keys.provider_keys import ProviderKeys
 from sluice.keys.service import KeyService, Principal
 from sluice.ledger.entry import CUT, DISCONNECTED, ERROR, INTERRUPTED, OK, REFUSED, Entry, usd_text
 from sluice.ledger.sink import Content
@@ -164,6 +165,9 @@ class SluiceAPI:
         self._ready = ready
         self._on_shutdown = on_shutdown
         self._created = int(time.time())
+        # stored provider keys (admin API); set by ``create_app``
+        self.provider_keys: ProviderKeys | None = None
+        self.provider_keys_changed: Callable[[], Awaitable[None]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -241,6 +245,9 @@ class SluiceAPI:
                 methods = {"GET": SluiceAPI._get_model}
             elif path.startswith("/admin/keys/"):
                 await admin_api.key_item(self, req, path[len("/admin/keys/") :])
+                return
+            elif path.startswith("/admin/provider-keys/"):
+                await admin_api.provider_key_item(self, req, path[len("/admin/provider-keys/") :])
                 return
             else:
                 raise NotFound(f"Unknown path: {method} {path}")
@@ -545,6 +552,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/admin/spend": {"GET": SluiceAPI._spend},
     "/admin/keys": {"GET": admin_api.keys_collection, "POST": admin_api.keys_collection},
     "/admin/limits": {"GET": admin_api.limits},
+    "/admin/provider-keys": {"GET": admin_api.provider_keys, "POST": admin_api.provider_keys},
     "/admin/openapi.json": {"GET": admin_api.openapi},
 }
 # Refused before any provider was called: recorded as such, never charged.

@@ -55,6 +55,31 @@ _KEY = {
         "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
     },
 }
+_PROVIDER_KEY = {
+    "type": "object",
+    "description": "A provider key stored encrypted. The key itself is never returned, only a fingerprint.",
+    "required": ["id", "object", "provider", "label", "fingerprint", "created_at", "usable"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "provider_key"},
+        "provider": {"type": "string", "description": "The provider account's name in the config."},
+        "label": {"type": "string"},
+        "fingerprint": {"type": "string", "description": "fp_ + 16 hex of the key's SHA-256."},
+        "created_at": {"type": "integer"},
+        "usable": {"type": "boolean", "description": "This instance's key-encryption keys can open it."},
+        "deleted": {"type": "boolean"},
+    },
+}
+_NEW_PROVIDER_KEY = {
+    "type": "object",
+    "required": ["provider", "key"],
+    "additionalProperties": False,
+    "properties": {
+        "provider": {"type": "string"},
+        "key": {"type": "string", "description": "The provider's API key (stored encrypted)."},
+        "label": {"type": "string"},
+    },
+}
 _COUNTER = {
     "type": "object",
     "required": ["scope", "metric", "window", "spent", "reserved"],
@@ -121,7 +146,14 @@ def admin_openapi() -> dict[str, Any]:
         "info": {"title": "Sluice admin API", "version": "1"},
         "components": {
             "securitySchemes": {"adminKey": {"type": "http", "scheme": "bearer"}},
-            "schemas": {**_schemas(KeyCreate, KeyChange), "Key": _KEY, "Counter": _COUNTER, "Error": _ERROR},
+            "schemas": {
+                **_schemas(KeyCreate, KeyChange),
+                "Key": _KEY,
+                "Counter": _COUNTER,
+                "ProviderKey": _PROVIDER_KEY,
+                "NewProviderKey": _NEW_PROVIDER_KEY,
+                "Error": _ERROR,
+            },
         },
         "paths": {
             "/admin/keys": {
@@ -146,6 +178,19 @@ def admin_openapi() -> dict[str, Any]:
                     ("unblock", "Accept the key's requests again"),
                     ("revoke", "Revoke a key for good"),
                 )
+            },
+            "/admin/provider-keys": {
+                "get": _op("List stored provider keys (fingerprints only)", _list_of("ProviderKey")),
+                "post": _op(
+                    "Store a provider key, encrypted (needs SLUICE_KEK)",
+                    _json("ProviderKey"),
+                    "201",
+                    "NewProviderKey",
+                ),
+            },
+            "/admin/provider-keys/{id}": {
+                **key_path,
+                "delete": _op("Delete a stored provider key", _json("ProviderKey")),
             },
             "/admin/limits": {
                 "get": {

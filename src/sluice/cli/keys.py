@@ -32,11 +32,13 @@ def keys() -> None:
     """Create, list, change and revoke virtual keys."""
 
 
-_config_opt = click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
-_data_opt = click.option("--data-dir", help="State directory (default ./.sluice).")
+config_opt = click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
+data_opt = click.option("--data-dir", help="State directory (default ./.sluice).")
 
 
-def _run(config_path: str | None, data_dir: str | None, work: Callable[[Services], Awaitable[T]]) -> T:
+def run_on_store(
+    config_path: str | None, data_dir: str | None, work: Callable[[Services], Awaitable[T]]
+) -> T:
     """Open the configured store, run ``work`` on it, and turn failures into a message and exit 1."""
     try:
         loaded = load_config(config_path) if config_path else parse_config("{}")
@@ -131,12 +133,12 @@ def _echo(row: KeyRow, secret: str | None = None) -> None:
 @keys.command("create")
 @click.option("--name", required=True, help="A name for the key (who or what uses it).")
 @_with_settings
-@_config_opt
-@_data_opt
+@config_opt
+@data_opt
 def keys_create(name: str, config_path: str | None, data_dir: str | None, **opts: Any) -> None:
     """Create a key; it is shown once and stored only as a digest."""
     change = _change(KeyCreate, {"name": name, **_fields(opts)})
-    secret, row = _run(config_path, data_dir, lambda svc: svc.keys.create_from(change))
+    secret, row = run_on_store(config_path, data_dir, lambda svc: svc.keys.create_from(change))
     _echo(row, secret)
 
 
@@ -144,22 +146,22 @@ def keys_create(name: str, config_path: str | None, data_dir: str | None, **opts
 @click.argument("key_id")
 @click.option("--name", help="A new name.")
 @_with_settings
-@_config_opt
-@_data_opt
+@config_opt
+@data_opt
 def keys_update(
     key_id: str, name: str | None, config_path: str | None, data_dir: str | None, **opts: Any
 ) -> None:
     """Change a key's settings (options not given are kept)."""
     change = _change(KeyChange, {"name": name, **_fields(opts)})
-    _echo(_run(config_path, data_dir, lambda svc: svc.keys.update(key_id, change)))
+    _echo(run_on_store(config_path, data_dir, lambda svc: svc.keys.update(key_id, change)))
 
 
 @keys.command("list")
-@_config_opt
-@_data_opt
+@config_opt
+@data_opt
 def keys_list(config_path: str | None, data_dir: str | None) -> None:
     """List keys (never the keys themselves)."""
-    rows = _run(config_path, data_dir, lambda svc: svc.keys.all())
+    rows = run_on_store(config_path, data_dir, lambda svc: svc.keys.all())
     if not rows:
         click.echo("no keys")
     for r in rows:
@@ -184,47 +186,47 @@ def keys_list(config_path: str | None, data_dir: str | None) -> None:
 
 @keys.command("show")
 @click.argument("key_id")
-@_config_opt
-@_data_opt
+@config_opt
+@data_opt
 def keys_show(key_id: str, config_path: str | None, data_dir: str | None) -> None:
     """Show one key as JSON."""
-    _echo(_run(config_path, data_dir, lambda svc: svc.keys.get(key_id)))
+    _echo(run_on_store(config_path, data_dir, lambda svc: svc.keys.get(key_id)))
 
 
 @keys.command("rotate")
 @click.argument("key_id")
-@_config_opt
-@_data_opt
+@config_opt
+@data_opt
 def keys_rotate(key_id: str, config_path: str | None, data_dir: str | None) -> None:
     """Give a key a new secret (its id, settings and spend stay); the old secret stops working."""
-    secret, row = _run(config_path, data_dir, lambda svc: svc.keys.rotate(key_id))
+    secret, row = run_on_store(config_path, data_dir, lambda svc: svc.keys.rotate(key_id))
     _echo(row, secret)
 
 
 @keys.command("block")
 @click.argument("key_id")
 @click.option("--undo", is_flag=True, help="Unblock instead.")
-@_config_opt
-@_data_opt
+@config_opt
+@data_opt
 def keys_block(key_id: str, undo: bool, config_path: str | None, data_dir: str | None) -> None:
     """Refuse a key's requests until unblocked (reversible, unlike revoke)."""
-    row = _run(config_path, data_dir, lambda svc: svc.keys.set_blocked(key_id, not undo))
+    row = run_on_store(config_path, data_dir, lambda svc: svc.keys.set_blocked(key_id, not undo))
     click.echo(f"{'unblocked' if undo else 'blocked'} {row.id}")
 
 
 @keys.command("revoke")
 @click.argument("key_id")
-@_config_opt
-@_data_opt
+@config_opt
+@data_opt
 def keys_revoke(key_id: str, config_path: str | None, data_dir: str | None) -> None:
     """Revoke a key by id, for good."""
-    row = _run(config_path, data_dir, lambda svc: svc.keys.revoke(key_id))
+    row = run_on_store(config_path, data_dir, lambda svc: svc.keys.revoke(key_id))
     click.echo(f"revoked {row.id}")
 
 
 @keys.command("reset-admin")
-@_config_opt
-@_data_opt
+@config_opt
+@data_opt
 def keys_reset_admin(config_path: str | None, data_dir: str | None) -> None:
     """Replace the stored admin key and print the new one once."""
-    click.echo(_run(config_path, data_dir, lambda svc: svc.keys.reset_admin_key()))
+    click.echo(run_on_store(config_path, data_dir, lambda svc: svc.keys.reset_admin_key()))

@@ -26,6 +26,7 @@ from sluice.app import (
     unshared_budgets,
 )
 from sluice.cli.keys import keys
+from sluice.cli.secrets import secrets
 from sluice.cli.spend import spend
 from sluice.config_file import LoadedConfig, load_config, parse_config, render_docs
 from sluice.demo import DEMO_PRESETS, demo_config, real_presets
@@ -264,3 +265,4 @@ def config_docs() -> None:
 
 main.add_command(spend)
 main.add_command(keys)
+main.add_command(secrets)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -148,6 +149,11 @@ class Emulator:
             return Plan(status=502, body=_HTML_502, content_type="text/html", latency=f.latency_ms / 1000)
         if flavor not in _NO_AUTH and not _has_auth(incoming.headers):
             return _error(flavor, 401, f)
+        presented = incoming.headers.get("x-api-key") or incoming.headers.get("authorization", "")
+        if f.bad_key and f.bad_key in presented:
+            return _error(flavor, 401, f)
+        if f.busy_key and f.busy_key in presented:
+            return _error(flavor, 429, replace(f, retry_after=f.retry_after or "30"))
         if f.status:
             echo = incoming.headers.get("x-api-key") or incoming.headers.get("authorization", "")
             plan = _error(

@@ -37,6 +37,8 @@ class Faults:
     cache_read: int = 0  # prompt tokens reported as cache reads
     cache_write: int = 0  # prompt tokens reported as cache writes
     reasoning: int = -1  # reasoning tokens (-1: the dialect's default)
+    bad_key: str = ""  # answer 401 to a presented API key containing this text
+    busy_key: str = ""  # answer 429 (retry-after 30) to a presented API key containing this text
 
 
 _FIELDS = {f.name: f.type for f in fields(Faults)}

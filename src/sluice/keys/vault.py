@@ -24,7 +24,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from sluice.errors import ConfigError, SluiceError
+from sluice.errors import ConfigError, VaultError
 
 KEK_ENV = "SLUICE_KEK"
 KEK_FILE_ENV = "SLUICE_KEK_FILE"
@@ -39,13 +39,6 @@ _VERSION = "v1"
 _KEK_ID = re.compile(r"[0-9a-f]{16}")
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _UNREADABLE = "sealed secret cannot be decrypted: wrong row or key-encryption key, or altered data"
-
-
-class VaultError(SluiceError):
-    """A sealed secret could not be decoded or decrypted, or a KEK is unusable. Never shows key material."""
-
-    status = 500
-    code = "vault_error"
 
 
 def _b64url(data: bytes) -> str:

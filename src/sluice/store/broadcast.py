@@ -3,7 +3,8 @@
 When an instance changes a key (rotate, block, revoke, new limits) it publishes the key's old digest;
 every instance drops that digest from its cache, so the change takes effect everywhere within a round
 trip instead of within ``server.key_cache_ttl_s``. The TTL still bounds it if a message is missed
-(Redis away, a subscriber reconnecting).
+(Redis away, a subscriber reconnecting). A stored provider key added or removed is announced the same
+way, and every instance reloads the provider keys.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sluice.aio import cancel_and_wait
 
 log = logging.getLogger("sluice.keys")
 CHANNEL = "sluice:keys"
+PROVIDER_KEYS_CHANGED = "provider-keys"  # a message that is not a digest: reload the stored provider keys
 
 
 class KeyBroadcast:

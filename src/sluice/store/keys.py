@@ -136,6 +136,31 @@ def key_row(row: tuple[object, ...]) -> KeyRow:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderKeyRow:
+    """A provider API key stored encrypted: only ciphertext bound to this row, and a fingerprint."""
+
+    id: str
+    provider: str  # the provider account's name in the config
+    label: str
+    sealed: str  # ``sluice.keys.vault.Sealed.to_text()``
+    fingerprint: str
+    created_at: int
+
+    @property
+    def binding(self) -> str:
+        """What the ciphertext is bound to: copied to another row, it does not decrypt."""
+        return f"provider_key:{self.id}:{self.provider}"
+
+
+PROVIDER_KEY_COLUMNS = "id, provider, label, sealed, fingerprint, created_at"
+
+
+def provider_key_row(row: tuple[object, ...]) -> ProviderKeyRow:
+    """A row of ``PROVIDER_KEY_COLUMNS``."""
+    return ProviderKeyRow(str(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4]), int(str(row[5])))
+
+
 class KeyStore(Protocol):
     """Where keys and server metadata live (SQLite in the data directory, or PostgreSQL)."""
 
@@ -185,4 +210,20 @@ class KeyStore(Protocol):
 
     async def revoke_key(self, key_id: str, at: int) -> bool:
         """Revoke an active key; False if there is no such active key."""
+        ...
+
+    async def insert_provider_key(self, row: ProviderKeyRow) -> None:
+        """Add an encrypted provider key."""
+        ...
+
+    async def list_provider_keys(self) -> list[ProviderKeyRow]:
+        """Every stored provider key, oldest first."""
+        ...
+
+    async def delete_provider_key(self, key_id: str) -> bool:
+        """Remove a provider key; False if there is none."""
+        ...
+
+    async def reseal_provider_key(self, key_id: str, old: str, new: str) -> bool:
+        """Replace a key's ciphertext if it is still ``old`` (a re-wrap under a new KEK)."""
         ...

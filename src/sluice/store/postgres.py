@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import asyncpg
 
-from sluice.store.keys import KEY_COLUMNS, KEY_FIELDS, KEY_SELECT, KeyRow, key_row, key_values
+from sluice.store.keys import (
+    KEY_COLUMNS,
+    KEY_FIELDS,
+    KEY_SELECT,
+    PROVIDER_KEY_COLUMNS,
+    KeyRow,
+    ProviderKeyRow,
+    key_row,
+    key_values,
+    provider_key_row,
+)
 
 _LOCK_ID = 0x51CE_0001  # an advisory lock id shared by every Sluice instance
 MIGRATIONS: tuple[str, ...] = (
@@ -83,6 +93,16 @@ MIGRATIONS: tuple[str, ...] = (
         user_limits TEXT,
         metadata TEXT,
         updated_at BIGINT
+    );
+    """,
+    """
+    CREATE TABLE provider_keys (
+        id TEXT PRIMARY KEY,
+        provider TEXT NOT NULL,
+        label TEXT NOT NULL,
+        sealed TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        created_at BIGINT NOT NULL
     );
     """,
 )
@@ -192,5 +212,35 @@ class PostgresStore:
         """Revoke an active key."""
         done = await self.pool.execute(
             "UPDATE virtual_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", at, key_id
+        )
+        return bool(done == "UPDATE 1")
+
+    async def insert_provider_key(self, row: ProviderKeyRow) -> None:
+        """Add an encrypted provider key."""
+        await self.pool.execute(
+            f"INSERT INTO provider_keys ({PROVIDER_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)",  # noqa: S608 - constant
+            row.id,
+            row.provider,
+            row.label,
+            row.sealed,
+            row.fingerprint,
+            row.created_at,
+        )
+
+    async def list_provider_keys(self) -> list[ProviderKeyRow]:
+        """Every stored provider key, oldest first."""
+        records = await self.pool.fetch(
+            f"SELECT {PROVIDER_KEY_COLUMNS} FROM provider_keys ORDER BY created_at, id"  # noqa: S608 - constant
+        )
+        return [provider_key_row(tuple(r)) for r in records]
+
+    async def delete_provider_key(self, key_id: str) -> bool:
+        """Remove a provider key."""
+        return bool(await self.pool.execute("DELETE FROM provider_keys WHERE id = $1", key_id) == "DELETE 1")
+
+    async def reseal_provider_key(self, key_id: str, old: str, new: str) -> bool:
+        """Compare-and-set a key's ciphertext."""
+        done = await self.pool.execute(
+            "UPDATE provider_keys SET sealed = $1 WHERE id = $2 AND sealed = $3", new, key_id, old
         )
         return bool(done == "UPDATE 1")

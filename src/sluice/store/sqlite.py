@@ -13,7 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from sluice.store.keys import KEY_COLUMNS, KEY_FIELDS, KEY_SELECT, KeyRow, key_row, key_values
+from sluice.store.keys import (
+    KEY_COLUMNS,
+    KEY_FIELDS,
+    KEY_SELECT,
+    PROVIDER_KEY_COLUMNS,
+    KeyRow,
+    ProviderKeyRow,
+    key_row,
+    key_values,
+    provider_key_row,
+)
 
 T = TypeVar("T")
 MIGRATIONS: tuple[str, ...] = (
@@ -89,6 +99,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE virtual_keys ADD COLUMN user_limits TEXT;
     ALTER TABLE virtual_keys ADD COLUMN metadata TEXT;
     ALTER TABLE virtual_keys ADD COLUMN updated_at INTEGER
+    """,
+    """
+    CREATE TABLE provider_keys (
+        id TEXT PRIMARY KEY,
+        provider TEXT NOT NULL,
+        label TEXT NOT NULL,
+        sealed TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    )
     """,
 )
 
@@ -185,6 +205,27 @@ class SQLiteStore:
         """Revoke a key by id; False if there is no such active key."""
         sql = "UPDATE virtual_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
         return await self._run(lambda db: db.execute(sql, (at, key_id)).rowcount == 1)
+
+    async def insert_provider_key(self, row: ProviderKeyRow) -> None:
+        """Add an encrypted provider key."""
+        sql = f"INSERT INTO provider_keys ({PROVIDER_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"  # noqa: S608 - constant
+        values = (row.id, row.provider, row.label, row.sealed, row.fingerprint, row.created_at)
+        await self._run(lambda db: db.execute(sql, values))
+
+    async def list_provider_keys(self) -> list[ProviderKeyRow]:
+        """Every stored provider key, oldest first."""
+        sql = f"SELECT {PROVIDER_KEY_COLUMNS} FROM provider_keys ORDER BY created_at, id"  # noqa: S608 - constant
+        return [provider_key_row(r) for r in await self._run(lambda db: db.execute(sql).fetchall())]
+
+    async def delete_provider_key(self, key_id: str) -> bool:
+        """Remove a provider key."""
+        sql = "DELETE FROM provider_keys WHERE id = ?"
+        return await self._run(lambda db: db.execute(sql, (key_id,)).rowcount == 1)
+
+    async def reseal_provider_key(self, key_id: str, old: str, new: str) -> bool:
+        """Compare-and-set a key's ciphertext."""
+        sql = "UPDATE provider_keys SET sealed = ? WHERE id = ? AND sealed = ?"
+        return await self._run(lambda db: db.execute(sql, (new, key_id, old)).rowcount == 1)
 
     async def close(self) -> None:
         """Nothing to do: the connection lives as long as the process (``shut`` closes it)."""
