@@ -367,3 +367,18 @@ def test_random_mix_settles_every_reservation(gw: Gateway) -> None:
     assert "pending" not in {r["status"] for r in rows}
     seen = Counter((r["status"], r["error_code"]) for r in rows)
     assert {"ok", "cut", "error", "disconnected"} <= {s for s, _ in seen}, seen
+
+
+def test_refusals_are_counted_in_the_metrics(gw: Gateway) -> None:
+    key, _ = gw.new_key(limits={"requests": {"total": 1}})
+    with openai.OpenAI(base_url=gw.server.base_url, api_key=key, max_retries=0) as client:
+        client.chat.completions.create(model="pricey", messages=[{"role": "user", "content": "x"}])
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model="pricey", messages=[{"role": "user", "content": "x"}])
+    request = urllib.request.Request(  # noqa: S310 - our own server
+        gw.root + "/metrics", headers={"authorization": f"Bearer {ADMIN_KEY}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as r:  # noqa: S310
+        text = r.read().decode()
+    line = next(x for x in text.splitlines() if x.startswith('sluice_refusals_total{code="budget_exceeded"}'))
+    assert float(line.split()[-1]) >= 1

@@ -29,7 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from sluice.aio import cancel_and_wait
-from sluice.ledger.entry import Entry
+from sluice.ledger.entry import REFUSED, Entry
 
 log = logging.getLogger("sluice.metrics")
 MAX_FEATURES = 100
@@ -73,6 +73,7 @@ class Metrics:
         # histogram name → label value → [count per bucket…, +Inf count, sum in µs]
         self._hists: dict[str, dict[str, list[int]]] = {name: {} for name in _HISTOGRAMS}
         self._features: set[str] = set()
+        self._refusals: dict[str, int] = {}  # refused before any provider, by error code
         self._shared = Path(shared_dir) if shared_dir else None
         self._task: asyncio.Task[None] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
@@ -103,6 +104,9 @@ class Metrics:
         row = self._counts.get(key)
         if row is None:
             row = self._counts[key] = [0] * _WIDTH
+        if entry.status == REFUSED:
+            code = entry.error_code or "refused"
+            self._refusals[code] = self._refusals.get(code, 0) + 1
         u = entry.usage
         row[0] += 1
         row[1] += u.input_tokens
@@ -126,6 +130,7 @@ class Metrics:
         return {
             "counts": [[*key, *row] for key, row in self._counts.items()],
             "hists": {name: dict(series) for name, series in self._hists.items()},
+            "refusals": dict(self._refusals),
         }
 
     def _write_share(self) -> None:
@@ -182,13 +187,25 @@ class _Families:
     def collect(self) -> Iterator[Metric]:
         counts: dict[tuple[str, ...], list[int]] = {}
         hists: dict[str, dict[str, list[int]]] = {name: {} for name in _HISTOGRAMS}
+        refusals: dict[str, int] = {}
         for totals in self._metrics.all_totals():
             for record in totals["counts"]:
                 _add(counts.setdefault(tuple(record[:4]), [0] * _WIDTH), record[4:])
             for name, series in totals["hists"].items():
                 for label, values in series.items():
                     _add(hists[name].setdefault(label, [0] * len(values)), values)
+            for code, count in totals.get("refusals", {}).items():
+                refusals[code] = refusals.get(code, 0) + count
         yield from _counter_families(counts)
+        refused = CounterMetricFamily(
+            "sluice_refusals",
+            "Requests refused before reaching a provider, by code (budget_exceeded, user_quota_exceeded, "
+            "rate_limit_exceeded, concurrency_limit_exceeded, counters_unavailable, model_unpriced).",
+            labels=["code"],
+        )
+        for code, count in sorted(refusals.items()):
+            refused.add_metric([code], count)
+        yield refused
         for name, (help_text, label, bounds) in _HISTOGRAMS.items():
             family = HistogramMetricFamily(name, help_text, labels=[label] if label else [])
             for value, series in sorted(hists[name].items()):
