@@ -83,8 +83,23 @@ class Gateway:
             return db.execute(f"SELECT * FROM ledger WHERE {where}", args).fetchall()  # noqa: S608
 
 
+# A provider account with a small allowance (say, a free tier's daily requests).
+ALLOWANCE = """\
+  - name: free-tier
+    preset: openai
+    base_url: {url}
+    api_key: env:EMU_OPENAI_KEY
+    limits: {{requests: {{day: 3}}}}
+"""
+ALLOWANCE_MODEL = """\
+  - name: free-model
+    deployments: [{provider: free-tier, model: gpt-4o-mini, price: 0}]
+"""
+
+
 def _config_text(emu: Emulator, data_dir: Path) -> str:
-    text = config_yaml(emu, data_dir).replace("models:\n", "models:\n" + MODELS, 1)
+    text = config_yaml(emu, data_dir).replace("models:\n", "models:\n" + MODELS + ALLOWANCE_MODEL, 1)
+    text = text.replace("providers:\n", "providers:\n" + ALLOWANCE.format(url=emu.base_url("openai")), 1)
     return text + BUDGETS
 
 
@@ -382,3 +397,20 @@ def test_refusals_are_counted_in_the_metrics(gw: Gateway) -> None:
         text = r.read().decode()
     line = next(x for x in text.splitlines() if x.startswith('sluice_refusals_total{code="budget_exceeded"}'))
     assert float(line.split()[-1]) >= 1
+
+
+def test_a_provider_account_allowance_spans_every_key(gw: Gateway) -> None:
+    outcomes = []
+    for _ in range(5):
+        key, _ = gw.new_key()
+        with openai.OpenAI(base_url=gw.server.base_url, api_key=key, max_retries=0) as client:
+            try:
+                client.chat.completions.create(
+                    model="free-model", messages=[{"role": "user", "content": "x"}]
+                )
+                outcomes.append("ok")
+            except openai.RateLimitError as err:
+                code = str(err.body["code"]) if isinstance(err.body, dict) else "?"
+                outcomes.append(f"{code} {err.response.headers['x-sluice-limit-scope']}")
+    refused = "budget_exceeded provider:free-tier"
+    assert outcomes == ["ok", "ok", "ok", refused, refused]
