@@ -147,6 +147,8 @@ def refusal(room: Room, used: int, need: int, now_us: int) -> SluiceError:
     )
     period = "in total" if limit.period == "total" else f"per {limit.period}"
     resets = "It does not reset." if window.end_us == 0 else f"It resets at {reset_text(window)}."
+    if limit.metric != REQUESTS:
+        resets += " A lower max_tokens makes a request reserve less."
     return BudgetExceeded(
         f"{'Quota' if scope.kind == USER else 'Budget'} exceeded: {scope.label} may use {amount} {period}; "
         f"{spent} is spent or reserved and this request may need up to {asked}. {resets}",

@@ -7,9 +7,10 @@
   plus the output cap, at the dearest rates of the deployment — is reserved on every scope at once, or
   the request is refused and reaches no provider.
 - ``settle`` (with the ledger row): the reservation becomes the actual cost and tokens.
-- ``rebuild`` (at start): spent amounts for the current periods come back from the ledger, so a
-  restart forgets nothing; a row a crash left pending counts at its reservation. Counters are kept only
-  for scopes with limits; ``key_changed`` loads a key's history when it gains limits.
+- ``start``: the counters load the current periods' spend of every limited scope from the ledger
+  (``totals``), so a restart forgets nothing; a row a crash left pending counts at its reservation.
+  Counters are kept only for what some limit bounds; ``key_changed`` reloads a key's when its limits
+  change.
 """
 
 from __future__ import annotations
@@ -99,7 +100,6 @@ class Limiter:
         self._bytes_per_token = bytes_per_token
         self._ledger: Ledger | None = None
         self._reloading: dict[str, asyncio.Event] = {}  # key id → set when its counters are reloaded
-        self.any_users = bool(self._users)
 
     @property
     def active(self) -> bool:

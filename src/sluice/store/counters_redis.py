@@ -160,7 +160,6 @@ class RedisCounters:
         self._tasks: list[asyncio.Task[None]] = []
         self._source: Callable[[], Awaitable[Loaded]] | None = None
         self._rebuilding: asyncio.Task[None] | None = None
-        self.unavailable = 0  # capped requests refused because Redis could not be asked (a metric)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -219,12 +218,10 @@ class RedisCounters:
             status, *used = await self._reserve(
                 keys=names, args=[hold_id, deadline, self._hold_deadline_ms + 3_600_000, record, *args]
             )
-        except RedisError as exc:
-            self.unavailable += 1
+        except RedisError as exc:  # counted in sluice_refusals_total{code="counters_unavailable"}
             log.warning("budgets: Redis unreachable; refusing a capped request (%s)", type(exc).__name__)
             raise _unavailable("cannot be reached") from exc
         if status == -1:
-            self.unavailable += 1
             self._start_rebuild()
             raise _unavailable("are being rebuilt")
         if status == -2:  # the first try went through; its answer was lost
