@@ -168,6 +168,7 @@ def test_race_on_one_key_never_passes_its_cap(gw: Gateway) -> None:
     assert len(ok) == outcome["ok"]
     assert len(refused) == outcome["budget_exceeded"]
     assert all(r["error_code"] == "budget_exceeded" and r["cost_nanos"] == 0 for r in refused)
+    assert all(r["reserved_nanos"] == 0 for r in refused)  # nothing was reserved for them
     spent = sum(r["cost_nanos"] for r in rows)
     assert 0 < spent <= 1_000_000_000
     assert all(r["cost_nanos"] <= r["reserved_nanos"] for r in ok)  # the reservation was a bound

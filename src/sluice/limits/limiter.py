@@ -20,7 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from sluice.errors import CountersUnavailable
+from sluice.errors import CountersUnavailable, SluiceError
 from sluice.ledger.entry import Entry
 from sluice.ledger.sink import Ledger
 from sluice.limits.counters import CounterKey, Counters, Hold, Loaded, Need
@@ -144,13 +144,17 @@ class Limiter:
         if provider is not None:
             scopes = (*scopes, provider)
         if scopes:
-            if self._ledger is not None and not self._ledger.healthy:
-                raise CountersUnavailable(
-                    "This request has a budget, and the ledger that records spend cannot be written; it "
-                    "was not sent. Retry shortly.",
-                    headers={"retry-after": "2"},
-                )
-            entry.hold = await self.counters.reserve(scopes, need, entry.ts_us)
+            try:
+                if self._ledger is not None and not self._ledger.healthy:
+                    raise CountersUnavailable(
+                        "This request has a budget, and the ledger that records spend cannot be written; "
+                        "it was not sent. Retry shortly.",
+                        headers={"retry-after": "2"},
+                    )
+                entry.hold = await self.counters.reserve(scopes, need, entry.ts_us)
+            except SluiceError:
+                entry.reserved_nanos = entry.reserved_input_tokens = entry.reserved_output_tokens = 0
+                raise  # refused: nothing was reserved
 
     def settle(self, entry: Entry) -> None:
         """Replace the request's reservation with its actual cost and tokens."""
