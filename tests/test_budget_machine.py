@@ -28,6 +28,7 @@ limit lacks room for its worst case, the refusal names such a limit, and it rese
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -294,7 +295,8 @@ class BudgetMachine(RuleBasedStateMachine):
         try:
             self.run(self.limiter.admit(entry, entry.scopes, body_bytes))
         except (BudgetExceeded, LimitReached) as err:
-            self._check_refusal(entry, err, before)
+            assert entry.reserved_nanos == entry.reserved_output_tokens == 0  # refused: nothing reserved
+            self._check_refusal(entry, err, before, body_bytes)
             self.accounting.settle(entry, REFUSED, err.status, error=err)  # as the HTTP edge does
             return
         need = Need(entry.reserved_nanos, entry.reserved_input_tokens + entry.reserved_output_tokens)
@@ -321,9 +323,9 @@ class BudgetMachine(RuleBasedStateMachine):
         return out
 
     def _check_refusal(
-        self, entry: Entry, err: SluiceError, before: dict[CounterKey, tuple[int, int]]
+        self, entry: Entry, err: SluiceError, before: dict[CounterKey, tuple[int, int]], body_bytes: int
     ) -> None:
-        need = Need(entry.reserved_nanos, entry.reserved_input_tokens + entry.reserved_output_tokens)
+        need = self.limiter.need(dataclasses.replace(entry), body_bytes)  # what it asked for
         lacking = self._lacking(entry, need, before)
         named = (err.headers["x-sluice-limit-scope"], err.headers["x-sluice-limit"])
         assert named in {(s, lim.describe()) for s, lim in lacking}, (named, lacking)
