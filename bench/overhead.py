@@ -3,6 +3,7 @@
     .venv/bin/python bench/overhead.py            # ~8 s per measurement, about 3 minutes in all
     .venv/bin/python bench/overhead.py --quick    # ~2 s per measurement (smoke run)
     .venv/bin/python bench/overhead.py --baseline-ref 1b24c02   # and against that commit's Sluice
+    .venv/bin/python bench/overhead.py --budgets  # a capped key with per-user quotas against no limits
 
 Starts its own emulator, a bare proxy (bench/bare_proxy.py: Sluice's stack with no gateway logic) and a
 one-worker Sluice on free loopback ports, then measures, direct, through the bare proxy and through
@@ -11,8 +12,11 @@ concurrency, peak RSS, and the emulator's own capacity on one core. Prints a tab
 targets, then where the CPU went. After the load, counts Sluice's ledger rows against the requests
 the load tools saw answered. With ``--baseline-ref REF``, the Sluice of commit REF (a temporary git
 worktree) runs too, pinned beside this one; the two are measured alternately (``--rounds``) and
-compared. Exits 0 once it has measured, whatever the numbers (a report, not a test); 1 only if it
-could not set itself up. Method: bench/README.md.
+compared. With ``--budgets``, the same Sluice is measured alternately with a virtual key that has no
+limits and with one that has a dollar cap and per-user quotas (every request names one of ``--users``
+end users), and afterwards its counters are checked against its ledger. Exits 0 once it has measured,
+whatever the numbers (a report, not a test); 1 only if it could not set itself up. Method:
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -72,18 +76,20 @@ CHAT_PATH_SLUICE = "/v1/chat/completions"
 BARE_PROXY = Path(__file__).resolve().with_name("bare_proxy.py")
 REPO = Path(__file__).resolve().parent.parent
 BASELINE_TARGET_PCT = 10.0  # the ledger and pricing may cost less than this share of the baseline's req/s
+BUDGETS_TARGET_PCT = 15.0  # a capped key with user quotas may cost less than this share of an open key's
+# --budgets: a cap the run never reaches (a request costs ~$0.00005) and a daily quota per end user
+CAPPED_KEY: dict[str, Any] = {
+    "name": "bench-capped",
+    "limits": {"usd": {"total": "1000000"}},
+    "user_limits": {"usd": {"day": "1000"}},
+}
+OPEN_KEY: dict[str, Any] = {"name": "bench-open"}
+BENCH_USERS = 1000
 LEDGER_DB = "sluice.db"  # in the data directory (sluice.app.DB_FILE)
 LAUNCH = "import sys; from sluice.cli.main import main; sys.argv[0] = 'sluice'; main()"
 
 # wrk script: POST the body file with a bearer key; print one machine-readable line at the end.
-WRK_LUA = """\
-local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_BEARER")
-
+WRK_DONE = """
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -93,6 +99,39 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(99)))
 end
 """
+WRK_LUA = (
+    """\
+local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_BEARER")
+"""
+    + WRK_DONE
+)
+# The same with one body per line of the file (each naming another end user), sent in turn. The requests
+# are formatted once, in init, so that wrk's per-request cost stays a table lookup.
+WRK_LUA_MANY = (
+    """\
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_BEARER")
+local requests, n = {}, 0
+
+init = function(args)
+  for line in io.lines(os.getenv("BENCH_BODY_FILE")) do
+    requests[#requests + 1] = wrk.format(nil, nil, nil, line)
+  end
+end
+
+request = function()
+  n = n + 1
+  return requests[n % #requests + 1]
+end
+"""
+    + WRK_DONE
+)
 
 
 class BenchError(Exception):
@@ -122,22 +161,36 @@ def percentile(sorted_values: Sequence[float], pct: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
-def chat_body(model: str, *, stream: bool = False, directive: str = "") -> bytes:
-    """A ~1.1 KB chat request with a system and a user message (like stack-bench.md's body)."""
-    user = "Summarise the following paragraph in one sentence. " * 14
+def chat_body(model: str, *, stream: bool = False, directive: str = "", user: str | None = None) -> bytes:
+    """A ~1.1 KB chat request with a system and a user message (like stack-bench.md's body).
+
+    ``user``: OpenAI's end-user field, which Sluice counts against the key's per-user quota.
+    """
+    prompt = "Summarise the following paragraph in one sentence. " * 14
     if directive:
-        user += f" @emulator({directive})"
+        prompt += f" @emulator({directive})"
     body: dict[str, Any] = {
         "model": model,
         "messages": [
             {"role": "system", "content": "You are a helpful assistant. " * 12},
-            {"role": "user", "content": user},
+            {"role": "user", "content": prompt},
         ],
         "temperature": 0.2,
     }
     if stream:
         body["stream"] = True
+    if user is not None:
+        body["user"] = user
     return json.dumps(body).encode()
+
+
+def chat_bodies(model: str, users: int, *, stream: bool = False, directive: str = "") -> list[bytes]:
+    """``chat_body`` once per end user (``bench-user-0`` …), or the one body without a user if 0."""
+    if users <= 0:
+        return [chat_body(model, stream=stream, directive=directive)]
+    return [
+        chat_body(model, stream=stream, directive=directive, user=f"bench-user-{i}") for i in range(users)
+    ]
 
 
 def http_request(
@@ -371,14 +424,15 @@ def start_sluice(
     data_dir: Path,
     cpu: int | None,
     src: Path | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[int, subprocess.Popen[bytes]]:
     """Start ``sluice serve --workers 1``; returns (port, process) once it answers a chat and a stream.
 
     ``src``: run the Sluice in that source tree (a baseline worktree's ``src``) with this interpreter,
-    instead of the installed one.
+    instead of the installed one. ``extra_env``: more environment (``SLUICE_SECRET``, database URLs).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_") and k != "PYTHONPATH"}
-    env.update({"EMU_KEY": EMU_KEY, "SLUICE_ADMIN_KEY": ADMIN_KEY})
+    env.update({"EMU_KEY": EMU_KEY, "SLUICE_ADMIN_KEY": ADMIN_KEY, **(extra_env or {})})
     cmd = sluice_cmd()
     if src is not None:
         env["PYTHONPATH"] = str(src)
@@ -531,6 +585,11 @@ class Target:
     bearer: str
     model: str
     extra: dict[str, str] = field(default_factory=dict)
+    party: str = ""  # the process tree that serves it, in the CPU accounting (default: ``name``)
+
+    @property
+    def server(self) -> str:
+        return self.party or self.name
 
     @property
     def headers(self) -> dict[str, str]:
@@ -594,15 +653,19 @@ async def _windowed(
 
 
 async def aiohttp_load(
-    target: Target, body: bytes, conns: int, warmup: float, seconds: float, meter: Meter
+    target: Target, bodies: Sequence[bytes], conns: int, warmup: float, seconds: float, meter: Meter
 ) -> Load:
-    """Closed-loop POSTs; the fallback when wrk is missing (more client CPU, so lower direct numbers)."""
+    """Closed-loop POSTs of ``bodies`` in turn; the fallback when wrk is missing (more client CPU, so
+    lower direct numbers)."""
     done: list[tuple[float, float]] = []
     errors = 0
+    sent = 0
     async with _session(conns, target.headers) as session:
 
         async def one() -> None:
-            nonlocal errors
+            nonlocal errors, sent
+            body = bodies[sent % len(bodies)]
+            sent += 1
             t = time.perf_counter()
             try:
                 async with session.post(target.url, data=body) as resp:
@@ -624,16 +687,20 @@ async def aiohttp_load(
 
 
 async def paced_streams(
-    target: Target, body: bytes, conns: int, warmup: float, seconds: float, meter: Meter
+    target: Target, bodies: Sequence[bytes], conns: int, warmup: float, seconds: float, meter: Meter
 ) -> Streams:
-    """Closed-loop streams with aiohttp; each is read to its end and checked for ``data: [DONE]``."""
+    """Closed-loop streams of ``bodies`` in turn with aiohttp; each is read to its end and checked for
+    ``data: [DONE]``."""
     done: list[tuple[float, float]] = []
     bad = 0
     wrong = 0
+    sent = 0
     async with _session(conns, target.headers) as session:
 
         async def one() -> None:
-            nonlocal bad, wrong
+            nonlocal bad, wrong, sent
+            body = bodies[sent % len(bodies)]
+            sent += 1
             t = time.perf_counter()
             try:
                 async with session.post(target.url, data=body) as resp:
@@ -667,6 +734,7 @@ class Settings:
     stream_conns: int
     conns: int = 64
     rounds: int = 1  # measurements of each Sluice, alternated (HEAD, baseline, HEAD, baseline, …)
+    users: int = 0  # end users the requests name in turn (0: no `user` field)
 
 
 @dataclass(slots=True)
@@ -685,6 +753,38 @@ class LedgerCheck:
 
 
 @dataclass(slots=True)
+class BudgetCheck:
+    """With --budgets: the capped key's counters after the run against its rows in the ledger."""
+
+    rows: int  # the capped key's ledger rows
+    not_ok: int  # of those, rows neither ``ok`` nor ``disconnected`` (wrk leaves requests open): refused
+    disconnected: int
+    ledger_nanos: int  # their cost
+    ledger_today_nanos: int  # the cost of those dated today (UTC) that name a user: the daily counters
+    key_spent: int  # the key's usd/total counter
+    key_reserved: int
+    user_counters: int  # usd/day counters of the key's end users
+    users_spent: int
+    users_reserved: int
+    load_errors: int  # non-2xx answers and socket errors the load tools saw with the capped key
+    holds: int | None = None  # Redis: reservations still open (``sluice:holds``)
+
+    @property
+    def refused(self) -> int:
+        return self.not_ok + self.load_errors
+
+    @property
+    def matches(self) -> bool:
+        return (
+            self.refused == 0
+            and self.key_reserved == 0
+            and self.users_reserved == 0
+            and self.key_spent == self.ledger_nanos
+            and self.users_spent == self.ledger_today_nanos
+        )
+
+
+@dataclass(slots=True)
 class Results:
     emu_capacity: Load | None = None
     lat: dict[str, Load] = field(default_factory=dict)  # per Sluice: the median over its rounds
@@ -696,6 +796,7 @@ class Results:
     rss_idle_mib: dict[str, float] = field(default_factory=dict)  # "bare", "sluice", "ref"
     rss_peak_mib: dict[str, float] = field(default_factory=dict)
     ledger: LedgerCheck | None = None
+    budgets: BudgetCheck | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -708,22 +809,33 @@ class Bench:
     load_cpu: int | None
     sluice_cpu: int | None
     baseline_ref: str | None = None
+    budgets: bool = False  # --budgets: the capped key ("budgets") against a key without limits
     labels: dict[str, str] = field(default_factory=lambda: {"sluice": "sluice", "ref": "baseline"})
+    parties: dict[str, str] = field(default_factory=dict)  # target → the process tree serving it
     answered: dict[str, int] = field(default_factory=dict)  # per target: requests answered, warm-ups too
     in_flight: dict[str, int] = field(default_factory=dict)  # per target: requests a wrk run left open
+
+    @property
+    def other(self) -> str:
+        """The target compared with HEAD's ``sluice``: the baseline's, or the capped key's."""
+        return "budgets" if self.budgets else "ref"
+
+    def party(self, target: str) -> str:
+        """The process tree whose CPU a target's requests cost."""
+        return self.parties.get(target, target)
 
     def _count(self, target: str, requests: int, left_open: int) -> None:
         self.answered[target] = self.answered.get(target, 0) + requests
         self.in_flight[target] = self.in_flight.get(target, 0) + left_open
 
-    def load(self, target: Target, body: bytes, conns: int, pids: dict[str, int]) -> Load:
-        """A warmed-up closed-loop non-stream run: wrk when installed, else aiohttp."""
+    def load(self, target: Target, bodies: Sequence[bytes], conns: int, pids: dict[str, int]) -> Load:
+        """A warmed-up closed-loop non-stream run of ``bodies`` in turn: wrk when installed, else aiohttp."""
         s = self.settings
         meter = Meter(pids)
         if self.wrk:
             body_file = self.work / f"body-{target.name}.json"
-            body_file.write_bytes(body)
-            lua = self.work / "post.lua"
+            body_file.write_bytes(b"\n".join(bodies))  # JSON bodies hold no raw line break
+            lua = self.work / ("post.lua" if len(bodies) == 1 else "post-many.lua")
             warm = run_wrk(self.wrk, target, body_file, lua, conns, s.warmup)
             meter.start()
             result = run_wrk(self.wrk, target, body_file, lua, conns, s.seconds)
@@ -731,15 +843,15 @@ class Bench:
             # wrk counts the answers it read; up to `conns` requests are still open when it stops
             self._count(target.name, warm.requests + result.requests, 2 * conns)
         else:
-            result = run_async(aiohttp_load(target, body, conns, s.warmup, s.seconds, meter))
+            result = run_async(aiohttp_load(target, bodies, conns, s.warmup, s.seconds, meter))
             self._count(target.name, result.requests, 0)  # every loop finishes its request
         result.usage = meter.usage
         return result
 
-    def streams(self, target: Target, body: bytes, pids: dict[str, int]) -> Streams:
+    def streams(self, target: Target, bodies: Sequence[bytes], pids: dict[str, int]) -> Streams:
         s = self.settings
         meter = Meter(pids)
-        result = run_async(paced_streams(target, body, s.stream_conns, s.warmup, s.seconds, meter))
+        result = run_async(paced_streams(target, bodies, s.stream_conns, s.warmup, s.seconds, meter))
         result.usage = meter.usage
         self._count(target.name, result.requests, 0)
         return result
@@ -796,6 +908,90 @@ def count_ledger(db: Path) -> tuple[int, int, int] | None:
     return int(rows), int(ok), int(priced)
 
 
+def admin_call(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """One admin API request with the admin key; (status, decoded JSON or None)."""
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"}
+    data = json.dumps(body).encode() if body is not None else None
+    try:
+        status, raw = http_request(port, method, path, data, headers)
+    except (OSError, http.client.HTTPException) as err:
+        raise BenchError(f"{method} {path} failed: {err}") from err
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, None
+
+
+def create_key(port: int, settings: dict[str, Any]) -> tuple[str, str]:
+    """A new virtual key through ``POST /admin/keys``; returns (secret, id)."""
+    status, data = admin_call(port, "POST", "/admin/keys", settings)
+    if status != 201 or not isinstance(data, dict):
+        raise BenchError(f"POST /admin/keys answered {status}: {str(data)[:300]}")
+    return str(data["key"]), str(data["id"])
+
+
+def key_counters(port: int, prefix: str) -> list[dict[str, Any]]:
+    """``GET /admin/limits?scope=PREFIX``: the counters of the scopes starting with PREFIX."""
+    status, data = admin_call(port, "GET", f"/admin/limits?scope={prefix}")
+    if status != 200 or not isinstance(data, dict):
+        raise BenchError(f"GET /admin/limits answered {status}: {str(data)[:300]}")
+    return list(data["data"])
+
+
+LedgerSums = tuple[int, int, int, int, int]  # rows, refused or failed, disconnected, n$, n$ dated today
+# One key's rows in the ledger, the same SQL on SQLite and PostgreSQL (parameters: day start µs, key id).
+LEDGER_SUMS_SQL = (
+    "SELECT count(*), coalesce(sum(CASE WHEN status NOT IN ('ok', 'disconnected') THEN 1 ELSE 0 END), 0),"
+    " coalesce(sum(CASE WHEN status = 'disconnected' THEN 1 ELSE 0 END), 0), coalesce(sum(cost_nanos), 0),"
+    " coalesce(sum(CASE WHEN ts_us >= {day} AND user_id IS NOT NULL THEN cost_nanos ELSE 0 END), 0)"
+    " FROM ledger WHERE key_id = {key}"
+)
+
+
+def utc_day_start_us() -> int:
+    """The start of this UTC day, in unix µs: the window the users' daily counters are in now."""
+    return (int(time.time()) // 86_400) * 86_400 * 1_000_000
+
+
+def sqlite_sums(db: Path, key_id: str, day_start_us: int) -> LedgerSums:
+    """A key's rows in a SQLite ledger (see ``LedgerSums``)."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as con:
+        row = con.execute(LEDGER_SUMS_SQL.format(day="?", key="?"), (day_start_us, key_id)).fetchone()
+    rows, not_ok, disconnected, nanos, today = (int(x) for x in row)
+    return rows, not_ok, disconnected, nanos, today
+
+
+def check_counters(
+    port: int, key_id: str, sums: LedgerSums, day_start_us: int, load_errors: int
+) -> BudgetCheck:
+    """The capped key's counters (read from the Sluice on ``port``) against its ledger sums."""
+    key = [c for c in key_counters(port, f"key:{key_id}") if c["metric"] == "usd" and c["window"] == "all"]
+    day = time.strftime("d%Y-%m-%d", time.gmtime(day_start_us // 1_000_000))
+    users = [c for c in key_counters(port, f"user:{key_id}:") if c["metric"] == "usd" and c["window"] == day]
+    rows, not_ok, disconnected, nanos, today = sums
+    return BudgetCheck(
+        rows=rows,
+        not_ok=not_ok,
+        disconnected=disconnected,
+        ledger_nanos=nanos,
+        ledger_today_nanos=today,
+        key_spent=sum(int(c["spent"]) for c in key),
+        key_reserved=sum(int(c["reserved"]) for c in key),
+        user_counters=len(users),
+        users_spent=sum(int(c["spent"]) for c in users),
+        users_reserved=sum(int(c["reserved"]) for c in users),
+        load_errors=load_errors,
+    )
+
+
+def check_budgets(port: int, key_id: str, db: Path, load_errors: int) -> BudgetCheck:
+    """The capped key's counters against its rows in the SQLite ledger, read while Sluice runs."""
+    time.sleep(0.5)  # let the requests a wrk run left open finish
+    admin_call(port, "GET", "/admin/spend")  # flushes the ledger's queue
+    day_start_us = utc_day_start_us()
+    return check_counters(port, key_id, sqlite_sums(db, key_id, day_start_us), day_start_us, load_errors)
+
+
 def run(b: Bench, res: Results) -> None:
     s = b.settings
     with contextlib.ExitStack() as stack:
@@ -812,7 +1008,7 @@ def run(b: Bench, res: Results) -> None:
         print("• emulator capacity (alone on one core) …", flush=True)
         cap_port, cap_pid = start_emulator(procs, "emulator-capacity", b.sluice_cpu)
         cap = Target("capacity", f"http://127.0.0.1:{cap_port}{CHAT_PATH_DIRECT}", "x", UPSTREAM_MODEL)
-        res.emu_capacity = b.load(cap, chat_body(cap.model), s.conns, {"emulator": cap_pid})
+        res.emu_capacity = b.load(cap, [chat_body(cap.model)], s.conns, {"emulator": cap_pid})
         procs.stop_all()
 
         emu_port, emu_pid = start_emulator(procs, "emulator", b.load_cpu)
@@ -822,7 +1018,22 @@ def run(b: Bench, res: Results) -> None:
         sluice_port, sluice_proc = start_sluice(procs, "sluice", config, b.work / "data", b.sluice_cpu)
         b._count("sluice", 2, 0)  # the probe chat and stream
         proxies = {"bare": bare_pid, "sluice": sluice_proc.pid}
-        sluices = [Target("sluice", f"http://127.0.0.1:{sluice_port}{CHAT_PATH_SLUICE}", ADMIN_KEY, ALIAS)]
+        head_url = f"http://127.0.0.1:{sluice_port}{CHAT_PATH_SLUICE}"
+        sluices = [Target("sluice", head_url, ADMIN_KEY, ALIAS)]
+        capped_id = ""
+        if b.budgets:
+            # Two virtual keys on the same Sluice: both authenticate the same way; only one has limits.
+            print("• creating a key without limits and a capped key with user quotas …", flush=True)
+            open_key, _ = create_key(sluice_port, OPEN_KEY)
+            capped_key, capped_id = create_key(sluice_port, CAPPED_KEY)
+            log = b.work / "sluice.log"
+            probe_chat("sluice with the capped key", sluice_port, CHAT_PATH_SLUICE, capped_key, ALIAS, log)
+            b._count("budgets", 2, 0)
+            sluices = [
+                Target("sluice", head_url, open_key, ALIAS),
+                Target("budgets", head_url, capped_key, ALIAS, party="sluice"),
+            ]
+        b.parties = {t.name: t.server for t in sluices}
         if baseline_src is not None:
             print(f"• starting {b.labels['ref']} from the worktree …", flush=True)
             data = b.work / "data-baseline"
@@ -840,17 +1051,17 @@ def run(b: Bench, res: Results) -> None:
 
         def lat(t: Target, suffix: str = "") -> Load:
             print(f"• c=1 latency, {label[t.name]}{suffix} …", flush=True)
-            return b.load(t, chat_body(t.model), 1, pids)
+            return b.load(t, chat_bodies(t.model, s.users), 1, pids)
 
         def tput(t: Target, suffix: str = "") -> Load:
             print(f"• c={s.conns} non-stream throughput, {label[t.name]}{suffix} …", flush=True)
-            return b.load(t, chat_body(t.model), s.conns, pids)
+            return b.load(t, chat_bodies(t.model, s.users), s.conns, pids)
 
         def streams(t: Target, suffix: str = "") -> Streams:
             print(f"• c={s.stream_conns} paced streams, {label[t.name]}{suffix} …", flush=True)
             if t.name == "direct":
-                return b.streams(paced_direct, chat_body(t.model, stream=True), pids)
-            return b.streams(t, chat_body(t.model, stream=True, directive=PACE_SPEC), pids)
+                return b.streams(paced_direct, chat_bodies(t.model, s.users, stream=True), pids)
+            return b.streams(t, chat_bodies(t.model, s.users, stream=True, directive=PACE_SPEC), pids)
 
         def alternated(measure: Callable[[Target, str], T]) -> dict[str, list[T]]:
             """Each Sluice ``s.rounds`` times, alternating, so that a noisy spell of the VM hits both."""
@@ -863,14 +1074,20 @@ def run(b: Bench, res: Results) -> None:
 
         res.lat.update({t.name: lat(t) for t in (direct, bare)})
         res.lat_rounds = alternated(lat)
-        res.lat.update({name: median_load(runs, name) for name, runs in res.lat_rounds.items()})
+        res.lat.update({name: median_load(runs, b.party(name)) for name, runs in res.lat_rounds.items()})
         res.tput.update({t.name: tput(t) for t in (direct, bare)})
         res.tput_rounds = alternated(tput)
-        res.tput.update({name: median_load(runs, name) for name, runs in res.tput_rounds.items()})
+        res.tput.update({name: median_load(runs, b.party(name)) for name, runs in res.tput_rounds.items()})
         res.streams.update({t.name: streams(t) for t in (direct, bare)})
         res.stream_rounds = alternated(streams)
-        res.streams.update({name: median_streams(runs, name) for name, runs in res.stream_rounds.items()})
+        res.streams.update(
+            {name: median_streams(runs, b.party(name)) for name, runs in res.stream_rounds.items()}
+        )
         res.rss_peak_mib = {name: peak_rss_mib(pid) for name, pid in proxies.items()}
+        if capped_id:
+            errors = sum(x.errors for x in (*res.lat_rounds["budgets"], *res.tput_rounds["budgets"]))
+            errors += sum(x.bad for x in res.stream_rounds["budgets"])
+            res.budgets = check_budgets(sluice_port, capped_id, b.work / "data" / LEDGER_DB, errors)
 
         # Stop HEAD gracefully (its ledger commits what is queued), then count what it wrote.
         procs.stop(sluice_proc)
@@ -878,7 +1095,9 @@ def run(b: Bench, res: Results) -> None:
         if counted is None:
             res.notes.append(f"no ledger found in {b.work / 'data' / LEDGER_DB}")
         else:
-            answered, open_ = b.answered.get("sluice", 0), b.in_flight.get("sluice", 0)
+            served = [name for name, party in b.parties.items() if party == "sluice"]
+            answered = sum(b.answered.get(name, 0) for name in served)
+            open_ = sum(b.in_flight.get(name, 0) for name in served)
             res.ledger = LedgerCheck(*counted, answered=answered, in_flight=open_)
 
 
@@ -1082,29 +1301,43 @@ def _compare(name: str, head: float, base: float, unit: str, rounds: Sequence[Se
 
 
 def baseline_rows(res: Results, b: Bench) -> list[list[str]]:
-    """HEAD against the baseline: medians of the alternated rounds, the ratio, and every round."""
-    head, base = b.labels["sluice"], b.labels["ref"]
-    rows = [["measurement", head, base, "HEAD ÷ base", "HEAD minus base", f"rounds {head}", f"rounds {base}"]]
-    both = ("sluice", "ref")
+    """HEAD against the other side (the baseline, or the capped key): medians of the alternated rounds,
+    the ratio, and every round."""
+    other = b.other
+    head, base = b.labels["sluice"], b.labels[other]
+    ratio, diff = ("capped ÷ open", "capped minus open") if b.budgets else ("HEAD ÷ base", "HEAD minus base")
+    rows = [["measurement", head, base, ratio, diff, f"rounds {head}", f"rounds {base}"]]
+    both = ("sluice", other)
     blank = ["", "", "", ""]
-    lh, lr = res.lat.get("sluice"), res.lat.get("ref")
+
+    def compare(
+        name: str, xs: tuple[float, float], unit: str, rounds: Sequence[Sequence[float]]
+    ) -> list[str]:
+        # --budgets puts the key without limits first and divides by it, like HEAD ÷ base the other way
+        if b.budgets:
+            row = _compare(name, xs[1], xs[0], unit, rounds)
+            row[1], row[2] = row[2], row[1]
+            return row
+        return _compare(name, xs[0], xs[1], unit, rounds)
+
+    lh, lr = res.lat.get("sluice"), res.lat.get(other)
     if lh and lr:
         p50s = [[x.p50_us for x in res.lat_rounds[k]] for k in both]
         p99s = [[x.p99_us for x in res.lat_rounds[k]] for k in both]
-        rows.append(_compare("c=1 latency p50 (µs)", lh.p50_us, lr.p50_us, "µs", p50s))
-        rows.append(_compare("c=1 latency p99 (µs)", lh.p99_us, lr.p99_us, "µs", p99s))
+        rows.append(compare("c=1 latency p50 (µs)", (lh.p50_us, lr.p50_us), "µs", p50s))
+        rows.append(compare("c=1 latency p99 (µs)", (lh.p99_us, lr.p99_us), "µs", p99s))
         direct = res.lat.get("direct")
         if direct:
             added = [_n(x.p50_us - direct.p50_us) for x in (lh, lr)]
             rows.append(["  c=1 added p50 over direct (µs)", *added, *blank])
-    th, tr = res.tput.get("sluice"), res.tput.get("ref")
+    th, tr = res.tput.get("sluice"), res.tput.get(other)
     if th and tr:
         rps = [[x.rps for x in res.tput_rounds[k]] for k in both]
-        cpu = [[1e6 * _cpu_per_unit(x.usage, k, x.ok) for x in res.tput_rounds[k]] for k in both]
-        ch, cr = (1e6 * _cpu_per_unit(x.usage, k, x.ok) for x, k in zip((th, tr), both, strict=True))
+        cpu = [[1e6 * _cpu_per_unit(x.usage, b.party(k), x.ok) for x in res.tput_rounds[k]] for k in both]
+        ch, cr = (1e6 * _cpu_per_unit(x.usage, b.party(k), x.ok) for x, k in zip((th, tr), both, strict=True))
         rows += [
-            _compare(f"non-stream req/s, c={b.settings.conns}", th.rps, tr.rps, "req/s", rps),
-            _compare("  CPU per request (µs)", ch, cr, "µs", cpu),
+            compare(f"non-stream req/s, c={b.settings.conns}", (th.rps, tr.rps), "req/s", rps),
+            compare("  CPU per request (µs)", (ch, cr), "µs", cpu),
             [
                 f"  c={b.settings.conns} latency p50 (ms)",
                 *(f"{x.p50_us / 1000:.1f}" for x in (th, tr)),
@@ -1112,14 +1345,19 @@ def baseline_rows(res: Results, b: Bench) -> list[list[str]]:
             ],
             ["  errors (non-2xx, socket)", str(th.errors), str(tr.errors), *blank],
         ]
-    sh, sr = res.streams.get("sluice"), res.streams.get("ref")
+    sh, sr = res.streams.get("sluice"), res.streams.get(other)
     if sh and sr:
         per_s = [[x.per_s for x in res.stream_rounds[k]] for k in both]
-        cpu = [[1e6 * _cpu_per_unit(x.usage, k, x.completed) for x in res.stream_rounds[k]] for k in both]
-        ch, cr = (1e6 * _cpu_per_unit(x.usage, k, x.completed) for x, k in zip((sh, sr), both, strict=True))
+        cpu = [
+            [1e6 * _cpu_per_unit(x.usage, b.party(k), x.completed) for x in res.stream_rounds[k]]
+            for k in both
+        ]
+        ch, cr = (
+            1e6 * _cpu_per_unit(x.usage, b.party(k), x.completed) for x, k in zip((sh, sr), both, strict=True)
+        )
         rows += [
-            _compare(f"paced streams/s, c={b.settings.stream_conns}", sh.per_s, sr.per_s, "/s", per_s),
-            _compare("  CPU per stream (µs)", ch, cr, "µs", cpu),
+            compare(f"paced streams/s, c={b.settings.stream_conns}", (sh.per_s, sr.per_s), "/s", per_s),
+            compare("  CPU per stream (µs)", (ch, cr), "µs", cpu),
             ["  bad streams", str(sh.bad), str(sr.bad), *blank],
         ]
     peak = res.rss_peak_mib
@@ -1132,12 +1370,30 @@ def baseline_rows(res: Results, b: Bench) -> list[list[str]]:
 
 
 def baseline_verdict(res: Results, b: Bench) -> list[str]:
-    th, tr = res.tput.get("sluice"), res.tput.get("ref")
-    lh, lr = res.lat.get("sluice"), res.lat.get("ref")
+    other = b.other
+    th, tr = res.tput.get("sluice"), res.tput.get(other)
+    lh, lr = res.lat.get("sluice"), res.lat.get(other)
+    head, base, n = b.labels["sluice"], b.labels[other], b.settings.rounds
+    if b.budgets:
+        if not (th and tr and th.rps > 0):
+            return []
+        cost = 100.0 * (1.0 - tr.rps / th.rps)
+        lines = [
+            (
+                f"budgets cost {cost:.1f} % of the throughput without them ({base} {tr.rps:,.0f} req/s "
+                f"against {head} {th.rps:,.0f} req/s at c={b.settings.conns}, median of {n} alternated "
+                f"round(s) each): {_verdict(cost < BUDGETS_TARGET_PCT)} (target < {BUDGETS_TARGET_PCT:.0f} %)"
+            )
+        ]
+        if lh and lr:
+            lines.append(
+                f"c=1 latency, capped key minus key without limits: p50 {lr.p50_us - lh.p50_us:+,.0f} µs, "
+                f"p99 {lr.p99_us - lh.p99_us:+,.0f} µs"
+            )
+        return lines
     if not (th and tr and tr.rps > 0):
         return []
     cost = 100.0 * (1.0 - th.rps / tr.rps)
-    head, base, n = b.labels["sluice"], b.labels["ref"], b.settings.rounds
     lines = [
         (
             f"ledger and pricing cost {cost:.1f} % of pre-issue throughput ({head} {th.rps:,.0f} req/s "
@@ -1148,6 +1404,20 @@ def baseline_verdict(res: Results, b: Bench) -> list[str]:
     if lh and lr:
         lines.append(f"c=1 p50 latency, HEAD minus baseline: {lh.p50_us - lr.p50_us:+,.0f} µs")
     return lines
+
+
+def budget_line(check: BudgetCheck, key_id: str = "") -> str:
+    """The capped key's counters against its ledger rows, one line."""
+    verdict = "OK" if check.matches else "MISMATCH"
+    return (
+        f"capped key{f' {key_id}' if key_id else ''}: {check.rows:,} ledger rows, "
+        f"{check.refused:,} refused or failed, {check.disconnected:,} disconnected (left open by wrk); "
+        f"key usd/total counter spent {check.key_spent:,} n$, reserved {check.key_reserved:,}; "
+        f"ledger sum {check.ledger_nanos:,} n$; {check.user_counters:,} user usd/day counters spent "
+        f"{check.users_spent:,} n$ (ledger today {check.ledger_today_nanos:,}), reserved "
+        f"{check.users_reserved:,}"
+        f"{'' if check.holds is None else f'; {check.holds:,} reservations open in Redis'}: {verdict}"
+    )
 
 
 def ledger_line(check: LedgerCheck, label: str) -> str:
@@ -1178,18 +1448,29 @@ def report(res: Results, b: Bench) -> None:
         f"{s.seconds} s per measurement after {s.warmup} s warm-up"
     )
     rounds = f", median of {s.rounds} rounds" if s.rounds > 1 else ""
-    print(f"sluice = {b.labels['sluice']} (the working tree){rounds}")
+    if b.budgets:
+        print(
+            f"sluice = {b.labels['sluice']} = the working tree (SQLite ledger, memory counters) with a "
+            f"virtual key without limits{rounds}; {b.labels['budgets']} = the same Sluice with a key "
+            f"capped at $1,000,000 in total and $1,000/day per end user; every request names one of "
+            f"{s.users:,} end users (`user`), in turn"
+        )
+    else:
+        print(f"sluice = {b.labels['sluice']} (the working tree){rounds}")
     print()
     print("\n".join(_table(main_rows(res, s), left=(0, 6, 7))))
-    if "ref" in res.tput:
+    if b.other in res.tput:
         print()
+        what = "key without limits, capped key" if b.budgets else "HEAD, baseline"
         print(
-            f"{b.labels['sluice']} against {b.labels['ref']}, alternated "
-            f"(HEAD, baseline, HEAD, baseline, …; medians of {s.rounds} rounds, then each round):"
+            f"{b.labels['sluice']} against {b.labels[b.other]}, alternated "
+            f"({what}, …; medians of {s.rounds} rounds, then each round):"
         )
         print("\n".join(_table(baseline_rows(res, b), left=(0,))))
         for line in baseline_verdict(res, b):
             print(line)
+    if res.budgets:
+        print(budget_line(res.budgets))
     if res.ledger:
         print(ledger_line(res.ledger, b.labels["sluice"]))
     print()
@@ -1223,14 +1504,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also run the Sluice of git REF (a temporary worktree) and compare it with this one",
     )
     parser.add_argument(
+        "--budgets",
+        action="store_true",
+        help="also measure the same Sluice with a capped key and per-user quotas, alternated with a key "
+        "without limits, then check its counters against its ledger",
+    )
+    parser.add_argument(
+        "--users",
+        type=int,
+        help=f"end users the requests name in turn (default: {BENCH_USERS:,} with --budgets, else none)",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
-        help="runs of each Sluice, alternating with the baseline (default: 2 with --baseline-ref, else 1)",
+        help="runs of each Sluice, alternating with the baseline or the capped key "
+        "(default: 2 with --baseline-ref or --budgets, else 1)",
     )
     args = parser.parse_args(argv)
-    rounds = args.rounds if args.rounds is not None else (2 if args.baseline_ref else 1)
+    if args.budgets and args.baseline_ref:
+        parser.error("--budgets and --baseline-ref are separate runs")
+    rounds = args.rounds if args.rounds is not None else (2 if args.baseline_ref or args.budgets else 1)
     if rounds < 1:
         parser.error("--rounds must be at least 1")
+    users = args.users if args.users is not None else (BENCH_USERS if args.budgets else 0)
 
     def on_term(signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)  # so that the finally blocks stop the children
@@ -1250,12 +1546,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup=1 if args.quick else 2,
         stream_conns=args.stream_concurrency,
         rounds=rounds,
+        users=users,
     )
     work = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
     (work / "post.lua").write_text(WRK_LUA)
+    (work / "post-many.lua").write_text(WRK_LUA_MANY)
     wrk = None if args.no_wrk else shutil.which("wrk")
-    bench = Bench(settings, work, wrk, pinned, load_cpu, sluice_cpu, args.baseline_ref)
+    bench = Bench(settings, work, wrk, pinned, load_cpu, sluice_cpu, args.baseline_ref, args.budgets)
     bench.labels["sluice"] = head_label()
+    if args.budgets:
+        bench.labels["budgets"] = f"{bench.labels['sluice']} capped"
     res = Results()
     keep = args.keep
     try:
