@@ -262,7 +262,9 @@ def test_success_carries_rate_limit_and_budget_headers(gw: Gateway) -> None:
     assert int(h["x-ratelimit-remaining-tokens"]) < 100_000
     cost = float(h["x-sluice-cost-usd"])
     assert abs(float(h["x-sluice-budget-remaining-usd"]) - (5 - cost)) < 1e-9
-    assert h["x-sluice-budget-scope"].endswith(" usd/month")
+    scope, limit, reset = h["x-sluice-budget-scope"].split(" ")
+    assert (scope.startswith("key:"), limit) == (True, "usd/month")
+    assert reset.endswith("-01T00:00:00Z")
 
 
 def test_rate_limit_gives_retry_after(gw: Gateway) -> None:

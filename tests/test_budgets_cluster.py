@@ -345,3 +345,54 @@ def test_secret_is_shared(cluster: Cluster) -> None:
     key, _ = cluster.new_key(node=2)
     for node in range(3):
         assert _status(cluster.url(node), key, secrets.randbelow(2) * 2) == "ok"
+
+
+def test_a_request_cancelled_while_reserving_leaves_nothing_reserved(redis_url: str) -> None:
+    """The client leaves while the reservation is on its way to Redis: it is released at once, not
+    charged at its worst case by the reaper a quarter of an hour later."""
+    from decimal import Decimal  # noqa: PLC0415
+
+    from sluice.ledger.entry import Entry  # noqa: PLC0415
+    from sluice.limits.limiter import Limiter, key_limits  # noqa: PLC0415
+    from sluice.pricing.cost import Pricer  # noqa: PLC0415
+    from sluice.pricing.sheet import Rates  # noqa: PLC0415
+    from sluice.settings import BudgetSettings, LimitSettings  # noqa: PLC0415
+    from sluice.store.counters_redis import RedisCounters  # noqa: PLC0415
+
+    redis.Redis.from_url(redis_url).flushall()
+    pricer = Pricer("openai", "m", rates=Rates(input=Decimal(50), output=Decimal(50)))
+    limits = key_limits("k", "k", LimitSettings.model_validate({"usd": {"total": 10}}), None)
+
+    async def main() -> list[tuple[Any, int, int]]:
+        counters = RedisCounters(redis_url)
+
+        async def nothing() -> list[Any]:
+            return []
+
+        await counters.start(nothing)
+        limiter = Limiter(counters, BudgetSettings(), {})
+        cancelled = 0
+        for i in range(240):
+            entry = Entry(f"r{i}", counters.clock(), "chat", "m", key_id="k", provider="p", pricer=pricer)
+            entry.output_cap = 100
+            task = asyncio.create_task(
+                limiter.admit(entry, limiter.scopes("k", limits, None, None, None), 50)
+            )
+            await asyncio.sleep((i % 12) / 20_000)  # 0 to 0.55 ms: before, during and after the round trip
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                cancelled += 1
+            else:
+                assert entry.hold is not None
+                limiter.counters.settle(entry.hold, 0, 0)
+        assert cancelled > 0
+        await asyncio.sleep(0.5)  # releases land
+        rows = await counters.read("key:k")
+        await counters.close()
+        return rows
+
+    rows = asyncio.run(main())
+    assert rows and all(reserved == 0 for _key, _spent, reserved in rows), rows
+    assert redis.Redis.from_url(redis_url).zcard("sluice:holds") == 0

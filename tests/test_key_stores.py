@@ -115,7 +115,7 @@ def test_limits_change_is_noticed_when_the_key_is_next_loaded(store: KeyStore) -
     there = KeyService(store, b"s", ttl=0)
     heard: list[str] = []
 
-    async def changed(row: object) -> None:
+    async def changed(row: object, fresh: bool) -> None:
         heard.append(getattr(row, "id", "?"))
 
     here.limits_changed = changed

@@ -204,8 +204,8 @@ def create_app(
     limiter = open_limiter(config, environ, clock)
     gateway = Gateway(routes, upstream, ledger, limiter)
 
-    async def limits_changed(row: KeyRow) -> None:
-        await limiter.key_changed(ledger, limiter.counters.clock(), row)
+    async def limits_changed(row: KeyRow, fresh: bool) -> None:
+        await limiter.key_changed(ledger, limiter.counters.clock(), row, fresh=fresh)
 
     svc.keys.limits_changed = limits_changed
     broadcast = _broadcast(config, environ)

@@ -115,7 +115,7 @@ class KeyService:
         # Each key's limits as this instance last saw them: a change (made here, by another instance or
         # by the CLI) is noticed when the key is next loaded, and ``limits_changed`` runs before the
         # key serves another request here (the budgets load the key's spend for its new limits).
-        self.limits_changed: Callable[[KeyRow], Awaitable[None]] | None = None
+        self.limits_changed: Callable[[KeyRow, bool], Awaitable[None]] | None = None  # (row, new key?)
         self._seen: dict[str, tuple[LimitSettings | None, LimitSettings | None]] = {}
 
     def remember(self, rows: list[KeyRow]) -> None:
@@ -127,7 +127,12 @@ class KeyService:
         before = self._seen.get(row.id, (None, None))
         self._seen[row.id] = now
         if now != before and self.limits_changed is not None:
-            await self.limits_changed(row)
+            await self.limits_changed(row, False)
+
+    async def _created(self, row: KeyRow) -> None:
+        self._seen[row.id] = (row.limits, row.user_limits)
+        if (row.limits or row.user_limits) and self.limits_changed is not None:
+            await self.limits_changed(row, True)  # nothing spent yet; shared counters note its limits
 
     async def ensure_admin_key(self) -> str | None:
         """Create the admin key on first start; return it (to print once) or None if it exists."""
@@ -168,7 +173,7 @@ class KeyService:
             user_limits=user_limits,
         )
         await self.store.insert_key(row)
-        self._seen[row.id] = (row.limits, row.user_limits)  # a new key: nothing spent yet
+        await self._created(row)
         return key, row
 
     async def create_from(self, change: KeyChange) -> tuple[str, KeyRow]:
@@ -186,7 +191,7 @@ class KeyService:
         )
         row = dataclasses.replace(_changed(blank, change.given()), updated_at=None)
         await self.store.insert_key(row)
-        self._seen[row.id] = (row.limits, row.user_limits)  # a new key: nothing spent yet
+        await self._created(row)
         return key, row
 
     async def all(self) -> list[KeyRow]:

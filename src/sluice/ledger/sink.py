@@ -36,8 +36,9 @@ TOTALS_SQL = (
     " SUM(CASE WHEN status = 'pending' THEN reserved_input_tokens + reserved_output_tokens"
     " ELSE input_tokens + output_tokens END),"
     " SUM(CASE WHEN status = 'refused' THEN 0 ELSE 1 END)"
-    " FROM ledger WHERE ts_us >= {} GROUP BY key_id, user_id, team, feature, provider"
+    " FROM ledger WHERE ts_us >= {0}{1} GROUP BY key_id, user_id, team, feature, provider"
 )
+KEY_FILTER = " AND key_id = {}"  # TOTALS_SQL for one key
 # A row pending since before any request could still be running: its process died. It is settled at
 # what it reserved (never dropped, never $0), flagged as an estimate.
 INTERRUPT_SQL = (
@@ -97,6 +98,7 @@ class Ledger(Protocol):
         """Settled and pending rows with ``since_us <= ts_us < until_us``: the given columns."""
         ...
 
-    async def totals(self, since_us: int) -> Totals:
-        """What rows since ``since_us`` count against budgets, per combination of scope columns."""
+    async def totals(self, since_us: int, key_id: str | None = None) -> Totals:
+        """What rows since ``since_us`` (of one key, if given) count against budgets, per combination of
+        scope columns."""
         ...

@@ -77,6 +77,8 @@ Loaded = list[tuple[CounterKey, int, int]]  # (counter, spent, window end µs; 0
 class Counters(Protocol):
     """Where counters live (this process, or Redis shared by many)."""
 
+    remote: bool  # reserving awaits the network (a cancelled request may leave a reservation to release)
+
     async def start(self, source: Callable[[], Awaitable[Loaded]]) -> None:
         """Begin serving; ``source`` computes every counter from the ledger (a backend calls it at start,
         or — Redis — whenever the shared counters were lost)."""
@@ -108,12 +110,19 @@ class Counters(Protocol):
         """(counter, spent, reserved) for every counter of scopes whose id starts with ``prefix``."""
         ...
 
+    async def claim_reload(self, key_id: str, fingerprint: str) -> bool:
+        """True if the caller should (re)load the key's counters for the limits ``fingerprint`` names:
+        always in one process; with shared counters, only the first instance to see those limits."""
+        ...
+
 
 _UNSAFE = re.compile(r"[^\x20-\x7e]")
 
 
 def header_safe(text: str) -> str:
     """Printable ASCII only (an end user's id is client input: no line breaks into a header)."""
+    if text.isascii() and text.isprintable() and len(text) <= 300:
+        return text
     return _UNSAFE.sub("?", text)[:300]
 
 
@@ -159,6 +168,8 @@ def refusal(room: Room, used: int, need: int, now_us: int) -> SluiceError:
 
 class MemoryCounters:
     """Counters in this process (one worker). ``spent`` and ``reserved`` per counter, in integers."""
+
+    remote = False
 
     def __init__(self, clock: Callable[[], int] | None = None) -> None:
         self._cells: dict[CounterKey, list[int]] = {}  # counter → [spent, reserved, window end µs]
@@ -233,6 +244,10 @@ class MemoryCounters:
             del self._cells[key]
         self.load(loaded)
 
+    async def claim_reload(self, key_id: str, fingerprint: str) -> bool:
+        """One process: its own view of a key's limits decides (see ``KeyService``)."""
+        return True
+
     async def read(self, prefix: str) -> list[tuple[CounterKey, int, int]]:
         """The counters of the matching scopes, sorted."""
         return sorted((k, c[0], c[1]) for k, c in self._cells.items() if k[0].startswith(prefix))
@@ -278,9 +293,9 @@ def limit_headers(hold: Hold, now_us: int, cost_nanos: int | None = None) -> lis
             remaining = room.remaining
             if cost_nanos is not None:
                 remaining += hold.need.nanos - cost_nanos
+            scope = header_safe(room.scope.id)
             out += [
                 (b"x-sluice-budget-remaining-usd", usd_text(max(remaining, 0)).encode()),
-                (b"x-sluice-budget-scope", header_safe(f"{room.scope.id} {room.limit.describe()}").encode()),
-                (b"x-sluice-budget-reset", reset_text(room.window).encode()),
+                (b"x-sluice-budget-scope", f"{scope} {room.limit.describe()} {room.window.reset}".encode()),
             ]
     return out

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -50,6 +51,14 @@ Kinds = set[tuple[str, str]]  # the (metric, period) pairs some limit bounds
 
 def _kinds(limits: Limits) -> Kinds:
     return {(limit.metric, limit.period) for limit in limits}
+
+
+def _fingerprint(row: KeyRow) -> str:
+    """Which limits a key's counters were loaded for."""
+    if row.revoked_at is not None:
+        return "revoked"
+    parts = [x.model_dump_json(exclude_none=True) if x else "-" for x in (row.limits, row.user_limits)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +160,27 @@ class Limiter:
                         "it was not sent. Retry shortly.",
                         headers={"retry-after": "2"},
                     )
-                entry.hold = await self.counters.reserve(scopes, need, entry.ts_us)
+                if self.counters.remote:
+                    entry.hold = await self._reserve_remotely(scopes, need, entry.ts_us)
+                else:  # runs to completion without yielding: nothing to orphan
+                    entry.hold = await self.counters.reserve(scopes, need, entry.ts_us)
             except SluiceError:
                 entry.reserved_nanos = entry.reserved_input_tokens = entry.reserved_output_tokens = 0
                 raise  # refused: nothing was reserved
+
+    async def _reserve_remotely(self, scopes: tuple[Scope, ...], need: Need, ts_us: int) -> Hold:
+        """Reserve over the network; if this request is cancelled meanwhile (its client left), the
+        reservation that may still land is released at once instead of waiting for the reaper."""
+        call = asyncio.ensure_future(self.counters.reserve(scopes, need, ts_us))
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            call.add_done_callback(self._release_orphan)
+            raise
+
+    def _release_orphan(self, call: asyncio.Future[Hold]) -> None:
+        if not call.cancelled() and call.exception() is None:
+            self.counters.settle(call.result(), 0, 0)
 
     def settle(self, entry: Entry) -> None:
         """Replace the request's reservation with its actual cost and tokens."""
@@ -193,7 +219,7 @@ class Limiter:
                     users[f"user:{row.id}:"] = _kinds(user_limits)
         return await self._load(ledger, now_us, wanted, users, None)
 
-    async def key_changed(self, ledger: Ledger, now_us: int, row: KeyRow) -> None:
+    async def key_changed(self, ledger: Ledger, now_us: int, row: KeyRow, *, fresh: bool = False) -> None:
         """A key's limits changed: its counters are reloaded from the ledger for the limits it has now.
 
         While that runs, this instance holds the key's new requests back (they wait, then count against
@@ -202,6 +228,9 @@ class Limiter:
         a few milliseconds, are held against the new limits only once they settle.)"""
         if row.id in self._reloading:
             await self._reloading[row.id].wait()
+        # shared counters: the first instance to see these limits reloads; a new key has nothing to load
+        if not await self.counters.claim_reload(row.id, _fingerprint(row)) or fresh:
+            return
         done = self._reloading[row.id] = asyncio.Event()
         try:
             key_scope, user_prefix = f"key:{row.id}", f"user:{row.id}:"
@@ -234,9 +263,7 @@ class Limiter:
         await ledger.flush()
         for period, since in period_starts(now_us).items():
             window = windows[period]
-            for row in await ledger.totals(since):
-                if key_id is not None and row[0] != key_id:
-                    continue
+            for row in await ledger.totals(since, key_id):
                 for scope_id in self._scope_ids(row[:5]):
                     kinds = wanted.get(scope_id)
                     if kinds is None and scope_id.startswith("user:"):

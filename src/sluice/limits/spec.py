@@ -11,6 +11,7 @@ of a period (``d2026-11-24``), so a new day simply starts new counters.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -85,6 +86,11 @@ class Window:
     key: str
     end_us: int
 
+    @property
+    def reset(self) -> str:
+        """When it ends, for people and headers: ISO 8601 UTC, or ``never``."""
+        return reset_text(self)
+
 
 _US = 1_000_000
 _FOREVER = Window("all", 0)
@@ -144,8 +150,9 @@ class Calendar:
         return self._current
 
 
+@functools.lru_cache(maxsize=64)
 def reset_text(window: Window) -> str:
-    """When a window ends, for people and headers: ISO 8601 UTC, or ``never``."""
+    """When a window ends, for people and headers: ISO 8601 UTC, or ``never`` (made once per window)."""
     if window.end_us == 0:
         return "never"
     return datetime.fromtimestamp(window.end_us // _US, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -124,6 +124,8 @@ def _expiry_ms(end_us: int) -> int:
 class RedisCounters:
     """``Counters`` over Redis (see the module docstring for the guarantees)."""
 
+    remote = True
+
     def __init__(
         self,
         url: str,
@@ -351,6 +353,12 @@ class RedisCounters:
                 if end_us:
                     pipe.pexpireat(counter_name(key), _expiry_ms(end_us))
             await pipe.execute()
+
+    async def claim_reload(self, key_id: str, fingerprint: str) -> bool:
+        """The first instance to see a key's new limits reloads its counters; the others would only wipe
+        spend settled meanwhile."""
+        before = await self._redis.set(f"sluice:kl:{key_id}", fingerprint, get=True)
+        return bool(before != fingerprint.encode())
 
     async def read(self, prefix: str) -> list[tuple[CounterKey, int, int]]:
         """The counters of matching scopes (admin only: a scan)."""

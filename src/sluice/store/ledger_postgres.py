@@ -20,6 +20,7 @@ from sluice.ledger.entry import COLUMNS, Entry
 from sluice.ledger.sink import (
     CONTENT,
     INTERRUPT_SQL,
+    KEY_FILTER,
     OPEN,
     SETTLE,
     TOTALS_SQL,
@@ -161,10 +162,16 @@ class PostgresLedger:
         if done != "UPDATE 0":
             log.warning("ledger: requests interrupted by a stop were marked (%s)", done)
 
-    async def totals(self, since_us: int) -> Totals:
+    async def totals(self, since_us: int, key_id: str | None = None) -> Totals:
         """What rows since ``since_us`` count against budgets (see ``TOTALS_SQL``)."""
         assert self._pool is not None, "start() first"
-        return [tuple(r) for r in await self._pool.fetch(TOTALS_SQL.format("$1"), since_us)]
+        if key_id is None:
+            records = await self._pool.fetch(TOTALS_SQL.format("$1", ""), since_us)
+        else:
+            records = await self._pool.fetch(
+                TOTALS_SQL.format("$1", KEY_FILTER.format("$2")), since_us, key_id
+            )
+        return [tuple(r) for r in records]
 
     async def rows(self, since_us: int, until_us: int, columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
         """Rows in a time range."""

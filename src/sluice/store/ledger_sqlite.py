@@ -26,6 +26,7 @@ from sluice.ledger.entry import COLUMNS, Entry
 from sluice.ledger.sink import (
     CONTENT,
     INTERRUPT_SQL,
+    KEY_FILTER,
     OPEN,
     SETTLE,
     TOTALS_SQL,
@@ -220,13 +221,18 @@ class SQLiteLedger:
 
     # --- queries ------------------------------------------------------------------------------------
 
-    async def totals(self, since_us: int) -> Totals:
+    async def totals(self, since_us: int, key_id: str | None = None) -> Totals:
         """What rows since ``since_us`` count against budgets (see ``TOTALS_SQL``), read on a thread."""
+        args: tuple[object, ...]
+        if key_id is None:
+            sql, args = TOTALS_SQL.format("?", ""), (since_us,)
+        else:
+            sql, args = TOTALS_SQL.format("?", KEY_FILTER.format("?")), (since_us, key_id)
 
         def read() -> Totals:
             db = self._connect()
             try:
-                return list(db.execute(TOTALS_SQL.format("?"), (since_us,)).fetchall())
+                return list(db.execute(sql, args).fetchall())
             finally:
                 db.close()
 
