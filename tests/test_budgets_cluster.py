@@ -9,6 +9,7 @@ reserved, counters equal the ledger — and when Redis or PostgreSQL dies, cappe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import signal
 import time
@@ -396,3 +397,40 @@ def test_a_request_cancelled_while_reserving_leaves_nothing_reserved(redis_url: 
     rows = asyncio.run(main())
     assert rows and all(reserved == 0 for _key, _spent, reserved in rows), rows
     assert redis.Redis.from_url(redis_url).zcard("sluice:holds") == 0
+
+
+def test_clients_leaving_at_any_moment_keep_counters_equal_to_the_ledger(cluster: Cluster) -> None:
+    """Clients that give up after 0–20 ms leave while the counters are asked, while the provider answers
+    or after: whenever it is, the counter and the ledger agree, and nothing stays reserved."""
+    key, key_id = cluster.new_key(limits={"usd": {"total": "100"}})
+
+    async def impatient(client: openai.AsyncOpenAI, i: int) -> None:
+        with contextlib.suppress(TimeoutError, openai.APIError):
+            async with asyncio.timeout((i % 41) / 2000):
+                await _one(client, i)
+
+    async def main() -> None:
+        clients = [_client(cluster.url(i), key) for i in range(3)]
+        try:
+            for c in clients:  # connected and warm: the deadlines below measure the request itself
+                await _one(c, 0)
+            for batch in range(20):
+                await asyncio.gather(
+                    *(impatient(clients[i % 3], i) for i in range(batch * 30, batch * 30 + 30))
+                )
+        finally:
+            for c in clients:
+                await c.close()
+
+    asyncio.run(main())
+    deadline = time.monotonic() + 15
+    while True:  # the last disconnects settle when the instances notice them
+        found = [c for c in cluster.counters(f"key:{key_id}") if c["metric"] == "usd"]
+        counter = found[0] if found else {"spent": 0, "reserved": 0}
+        rows = cluster.rows("key_id = $1", key_id)
+        if counter["reserved"] == 0 and "pending" not in {r["status"] for r in rows}:
+            break
+        assert time.monotonic() < deadline, counter
+        time.sleep(0.2)
+    assert counter["spent"] == sum(r["cost_nanos"] for r in rows)
+    assert {r["status"] for r in rows} >= {"disconnected"}
