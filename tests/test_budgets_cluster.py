@@ -1,4 +1,5 @@
-"""Budgets across three Sluice instances sharing PostgreSQL (keys, ledger) and Redis (counters).
+"""Budgets across three Sluice instances sharing PostgreSQL (keys, ledger) and Redis (counters); the
+first instance of the shared cluster runs two workers.
 
 Every instance is a real ``sluice serve`` process; PostgreSQL and Redis are throwaway servers started
 from the installed binaries; the providers are the emulator. The same promises as on one node: no cap
@@ -48,8 +49,11 @@ budgets:
 class Cluster:
     """Several ``sluice serve`` processes on one shared PostgreSQL and Redis."""
 
-    def __init__(self, emu: Emulator, base: Path, dsn: str, redis_url: str, n: int = 3) -> None:
+    def __init__(
+        self, emu: Emulator, base: Path, dsn: str, redis_url: str, n: int = 3, first_workers: int = 1
+    ) -> None:
         self.base = base
+        self.first_workers = first_workers
         text = config_yaml(emu, base / "unused").replace(
             "server:\n",
             "server:\n  store: postgres\n  database_url: env:TEST_PG\n  counters: redis\n"
@@ -75,6 +79,8 @@ class Cluster:
     def _start(self, i: int) -> Any:
         args = ["serve", "--config", str(self.base / "sluice.yaml"), "--port", str(self.ports[i])]
         args += ["--data-dir", str(self.base / f"node{i}")]
+        if i == 0 and self.first_workers > 1:
+            args += ["--workers", str(self.first_workers)]
         return start_sluice(args, self.base, self.env, self.base / f"node{i}.log")
 
     def close(self) -> None:
@@ -108,6 +114,8 @@ class Cluster:
     def rows(self, where: str, *args: Any) -> list[dict[str, Any]]:
         for node in range(len(self.ports)):
             self.admin("GET", "/admin/spend", node=node)  # each instance flushes its ledger writer
+        if self.first_workers > 1:
+            time.sleep(0.3)  # the flush reached one worker; the others commit within their 50 ms window
 
         async def fetch() -> list[dict[str, Any]]:
             conn = await asyncpg.connect(self.dsn)
@@ -173,7 +181,8 @@ def cluster(
 ) -> Iterator[Cluster]:
     redis.Redis.from_url(redis_url).flushall()
     dsn = fresh_database(postgres_dsn, "cluster")
-    c = Cluster(emulator, tmp_path_factory.mktemp("cluster"), dsn, redis_url)
+    # the first instance runs two workers: shared counters make several workers of one instance safe too
+    c = Cluster(emulator, tmp_path_factory.mktemp("cluster"), dsn, redis_url, first_workers=2)
     try:
         yield c
     finally:
@@ -428,7 +437,8 @@ def test_clients_leaving_at_any_moment_keep_counters_equal_to_the_ledger(cluster
         found = [c for c in cluster.counters(f"key:{key_id}") if c["metric"] == "usd"]
         counter = found[0] if found else {"spent": 0, "reserved": 0}
         rows = cluster.rows("key_id = $1", key_id)
-        if counter["reserved"] == 0 and "pending" not in {r["status"] for r in rows}:
+        settled = counter["reserved"] == 0 and "pending" not in {r["status"] for r in rows}
+        if settled and counter["spent"] == sum(r["cost_nanos"] for r in rows):
             break
         assert time.monotonic() < deadline, counter
         time.sleep(0.2)

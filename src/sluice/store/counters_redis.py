@@ -189,7 +189,7 @@ class RedisCounters:
         for task in (*self._tasks, *([self._rebuilding] if self._rebuilding else [])):
             await cancel_and_wait(task)
         self._tasks = []
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)  # a pool passed in is not closed otherwise
 
     def clock(self) -> int:
         """Now by Redis's clock, in unix µs (this machine's clock plus the last measured offset)."""
