@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
+import orjson
 import pytest
 import uvicorn
 from hypothesis import HealthCheck, settings
@@ -167,3 +170,20 @@ def aclient(gateway: ServerThread) -> openai.AsyncOpenAI:
 def fault(spec: str) -> dict[str, Any]:
     """A user message carrying an emulator fault directive through the gateway."""
     return {"role": "user", "content": f"hello @emulator({spec})"}
+
+
+def admin_call(
+    root: str, method: str, path: str, body: object = None, *, key: str = ADMIN_KEY, raw: bytes | None = None
+) -> tuple[int, Any, str]:
+    """One admin API call on a server at ``root``: (status, the JSON answer or None, the answer's text)."""
+    data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
+    request = urllib.request.Request(  # noqa: S310 - our own server on 127.0.0.1
+        root + path, data=data, method=method, headers={"authorization": f"Bearer {key}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310
+            status, answer = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, answer = e.code, e.read()
+    text = answer.decode()
+    return status, orjson.loads(answer) if answer[:1] in (b"{", b"[") else None, text

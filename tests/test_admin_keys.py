@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from openapi_spec_validator import validate
 from sluice.app import create_app
 from sluice.config_file import parse_config
 from sluice.emulator import Emulator
-from tests.conftest import ADMIN_KEY, ServerThread, config_yaml, free_port, provider_env
+from tests.conftest import ADMIN_KEY, ServerThread, admin_call, config_yaml, free_port, provider_env
 from tests.serving import start_sluice, stop
 
 
@@ -31,18 +29,9 @@ class Admin:
     def __call__(
         self, method: str, path: str, body: object = None, key: str = ADMIN_KEY, raw: bytes | None = None
     ) -> tuple[int, Any]:
-        data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
-        request = urllib.request.Request(  # noqa: S310 - our own server on 127.0.0.1
-            self.server.base_url.removesuffix("/v1") + path,
-            data=data,
-            method=method,
-            headers={"authorization": f"Bearer {key}"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310
-                return r.status, orjson.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, orjson.loads(e.read())
+        root = self.server.base_url.removesuffix("/v1")
+        status, answer, _text = admin_call(root, method, path, body, key=key, raw=raw)
+        return status, answer
 
 
 @pytest.fixture(scope="module")

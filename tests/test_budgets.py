@@ -19,13 +19,12 @@ from typing import Any
 
 import httpx2
 import openai
-import orjson
 import pytest
 
 from sluice.app import create_app
 from sluice.config_file import parse_config
 from sluice.emulator import Emulator
-from tests.conftest import ADMIN_KEY, ServerThread, config_yaml, provider_env
+from tests.conftest import ADMIN_KEY, ServerThread, admin_call, config_yaml, provider_env
 
 # $50 per million tokens in and out: a short request costs about a tenth of a cent.
 MODELS = """\
@@ -56,15 +55,8 @@ class Gateway:
         return self.server.base_url.removesuffix("/v1")
 
     def admin(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
-        data = orjson.dumps(body) if body is not None else None
-        request = urllib.request.Request(  # noqa: S310 - our own server on 127.0.0.1
-            self.root + path, data=data, method=method, headers={"authorization": f"Bearer {ADMIN_KEY}"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310
-                return r.status, orjson.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, orjson.loads(e.read())
+        status, answer, _text = admin_call(self.root, method, path, body)
+        return status, answer
 
     def new_key(self, **settings: Any) -> tuple[str, str]:
         status, body = self.admin("POST", "/admin/keys", {"name": "k", **settings})

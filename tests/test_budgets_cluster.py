@@ -14,8 +14,6 @@ import contextlib
 import secrets
 import signal
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,12 +22,11 @@ from typing import Any
 import asyncpg
 import httpx2
 import openai
-import orjson
 import pytest
 import redis
 
 from sluice.emulator import Emulator
-from tests.conftest import ADMIN_KEY, config_yaml, free_port, provider_env
+from tests.conftest import admin_call, config_yaml, free_port, provider_env
 from tests.servers import PostgresServer, RedisServer, fresh_database
 from tests.serving import start_sluice, stop, wait_ready
 
@@ -91,15 +88,8 @@ class Cluster:
         return f"http://127.0.0.1:{self.ports[i % len(self.ports)]}"
 
     def admin(self, method: str, path: str, body: object = None, node: int = 0) -> tuple[int, Any]:
-        data = orjson.dumps(body) if body is not None else None
-        request = urllib.request.Request(  # noqa: S310 - our own server on 127.0.0.1
-            self.url(node) + path, data=data, method=method, headers={"authorization": f"Bearer {ADMIN_KEY}"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310
-                return r.status, orjson.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, orjson.loads(e.read())
+        status, answer, _text = admin_call(self.url(node), method, path, body)
+        return status, answer
 
     def new_key(self, node: int = 0, **settings: Any) -> tuple[str, str]:
         status, body = self.admin("POST", "/admin/keys", {"name": "k", **settings}, node)

@@ -12,21 +12,18 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
-import orjson
 import pytest
 
 from sluice.app import create_app
 from sluice.config_file import parse_config
 from sluice.emulator import Emulator
 from sluice.keys.vault import kek_id, new_kek
-from tests.conftest import ADMIN_KEY, ServerThread, config_yaml, provider_env
+from tests.conftest import ADMIN_KEY, ServerThread, admin_call, config_yaml, provider_env
 from tests.servers import fresh_database, postgres_bindir
 
 CONFIG_KEY = "sk-emu-openai-key"  # what the test config's `env:` reference resolves to
@@ -43,17 +40,7 @@ class Served:
         return self.server.base_url.removesuffix("/v1")
 
     def admin(self, method: str, path: str, body: object = None) -> tuple[int, Any, str]:
-        data = orjson.dumps(body) if body is not None else None
-        request = urllib.request.Request(  # noqa: S310 - our own server on 127.0.0.1
-            self.root + path, data=data, method=method, headers={"authorization": f"Bearer {ADMIN_KEY}"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310
-                raw = r.read()
-                return r.status, orjson.loads(raw) if raw.startswith(b"{") else raw, raw.decode()
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            return e.code, orjson.loads(raw), raw.decode()
+        return admin_call(self.root, method, path, body)
 
     def chat(self, directive: str = "") -> str:
         with openai.OpenAI(base_url=self.server.base_url, api_key=ADMIN_KEY, max_retries=0) as c:

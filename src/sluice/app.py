@@ -61,14 +61,15 @@ class Services:
         return asyncio.run(main())
 
 
-def _database_url(config: Config, environ: Mapping[str, str]) -> str:
+def _server_url(config: Config, name: str, environ: Mapping[str, str]) -> str:
+    """``server.database_url`` or ``server.redis_url``, its ``env:`` reference resolved."""
     try:
-        dsn = resolve_secret(config.server.database_url, environ)
+        url = resolve_secret(getattr(config.server, name), environ)
     except ConfigError as exc:
-        raise ConfigError(f"server.database_url: {exc.message}") from exc
-    if not dsn:
-        raise ConfigError("server.database_url: the referenced variable is empty")
-    return dsn
+        raise ConfigError(f"server.{name}: {exc.message}") from exc
+    if not url:
+        raise ConfigError(f"server.{name}: the referenced variable is empty")
+    return url
 
 
 def open_services(config: Config, environ: Mapping[str, str]) -> Services:
@@ -76,7 +77,7 @@ def open_services(config: Config, environ: Mapping[str, str]) -> Services:
     data_dir = Path(config.server.data_dir)
     store: KeyStore
     if config.server.store == "postgres":
-        store = PostgresStore(_database_url(config, environ))
+        store = PostgresStore(_server_url(config, "database_url", environ))
     else:
         store = SQLiteStore(data_dir / DB_FILE)
     secret = load_server_secret(data_dir, environ)
@@ -111,7 +112,9 @@ def open_ledger(config: Config, environ: Mapping[str, str]) -> Ledger:
     stale = _stale_after_s(config)  # a pending row is stale once every deadline has passed
     flush = server.ledger_flush_ms / 1000
     if server.store == "postgres":
-        return PostgresLedger(_database_url(config, environ), flush_interval=flush, stale_after_s=stale)
+        return PostgresLedger(
+            _server_url(config, "database_url", environ), flush_interval=flush, stale_after_s=stale
+        )
     return SQLiteLedger(Path(server.data_dir) / DB_FILE, flush_interval=flush, stale_after_s=stale)
 
 
@@ -139,19 +142,11 @@ def _stale_after_s(config: Config) -> float:
     return max((p.timeouts.total for p in config.providers), default=900.0) + 120.0
 
 
-def _redis_url(config: Config, environ: Mapping[str, str]) -> str:
-    try:
-        url = resolve_secret(config.server.redis_url, environ)
-    except ConfigError as exc:
-        raise ConfigError(f"server.redis_url: {exc.message}") from exc
-    if not url:
-        raise ConfigError("server.redis_url: the referenced variable is empty")
-    return url
-
-
 def _broadcast(config: Config, environ: Mapping[str, str]) -> KeyBroadcast | None:
     """Key changes told to every instance, when they share Redis."""
-    return KeyBroadcast(_redis_url(config, environ)) if config.server.counters == "redis" else None
+    return (
+        KeyBroadcast(_server_url(config, "redis_url", environ)) if config.server.counters == "redis" else None
+    )
 
 
 def open_limiter(
@@ -160,7 +155,9 @@ def open_limiter(
     """The budgets of the config over the configured counters backend."""
     counters: Counters
     if config.server.counters == "redis":
-        counters = RedisCounters(_redis_url(config, environ), hold_deadline_s=_stale_after_s(config))
+        counters = RedisCounters(
+            _server_url(config, "redis_url", environ), hold_deadline_s=_stale_after_s(config)
+        )
     else:
         counters = MemoryCounters(clock)
     return Limiter(

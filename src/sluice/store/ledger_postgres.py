@@ -30,7 +30,7 @@ from sluice.ledger.sink import (
     coalesce,
 )
 from sluice.store.health import WriteHealth
-from sluice.store.postgres import migrate
+from sluice.store.postgres import migrated_pool
 
 log = logging.getLogger("sluice.ledger")
 
@@ -88,12 +88,7 @@ class PostgresLedger:
         """Connect, migrate and start the writer."""
         if self._task is not None:
             return
-        conn = await asyncpg.connect(self._dsn)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=4)
+        self._pool = await migrated_pool(self._dsn)
         self._task = asyncio.create_task(self._run(), name="sluice-ledger")
 
     async def flush(self) -> None:

@@ -129,6 +129,16 @@ _UPDATE_KEY = (
 )
 
 
+async def migrated_pool(dsn: str, max_size: int = 4) -> asyncpg.Pool:
+    """Bring the schema up to date (once, whoever starts first), then open a pool."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return await asyncpg.create_pool(dsn, min_size=1, max_size=max_size)
+
+
 class PostgresStore:
     """Keys and server metadata in PostgreSQL (shared by every instance), over an asyncpg pool."""
 
@@ -139,14 +149,8 @@ class PostgresStore:
 
     async def start(self) -> None:
         """Migrate and connect."""
-        if self._pool is not None:
-            return
-        conn = await asyncpg.connect(self._dsn)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._max_size)
+        if self._pool is None:
+            self._pool = await migrated_pool(self._dsn, self._max_size)
 
     async def close(self) -> None:
         """Close the pool."""
