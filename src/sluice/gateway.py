@@ -207,11 +207,15 @@ class Gateway:
         entry.model = dep.target.upstream_model
         entry.pricer = dep.pricer
         entry.output_cap = (dep.target.max_output_tokens if output_cap is None else output_cap) * choices
-        try:
-            await self._limiter.admit(entry, entry.scopes, entry.body_bytes)
-        except BaseException:  # refused, or the client left while the counters were asked
-            entry.pricer = None  # never reached a provider: nothing to charge
-            raise
+        limiter = self._limiter
+        if limiter.free(entry):
+            limiter.record(entry, entry.body_bytes)
+        else:
+            try:
+                await limiter.admit(entry, entry.scopes, entry.body_bytes)
+            except BaseException:  # refused, or the client left while the counters were asked
+                entry.pricer = None  # never reached a provider: nothing to charge
+                raise
         self._ledger.open(entry)
         return dep
 

@@ -187,3 +187,28 @@ def test_integer_fast_path_equals_decimal(r: Rates, u: TokenUsage) -> None:
     charge = Pricer("openai_compatible", "m", rates=r).charge(u, TUESDAY_PEAK)
     assert charge.usd == r.usd(u)
     assert charge.nanos == to_nanos(r.usd(u))
+
+
+@given(rates, usages(), st.sampled_from([TUESDAY_PEAK, SUNDAY_PEAK_HOUR]))
+def test_the_worst_case_bounds_every_charge_of_that_size(r: Rates, u: TokenUsage, at: datetime) -> None:
+    """What admission reserves for (input, output) tokens is never less than what they can cost, however
+    the input splits into cache reads and writes — configured rates and bundled sheets alike."""
+    for pricer in (
+        Pricer("openai_compatible", "m", rates=r),
+        bundled("anthropic", "claude-sonnet-4-5"),
+        bundled("deepseek", "deepseek-chat"),
+        bundled("openai", "gpt-4o-mini"),
+    ):
+        worst = pricer.worst_nanos(u.input_tokens, u.output_tokens, at)
+        assert pricer.charge(u, at).nanos <= worst
+
+
+def test_the_worst_case_follows_the_period_and_the_band() -> None:
+    deepseek = bundled("deepseek", "deepseek-chat")  # off-peak all day on weekends: half price
+    assert deepseek.worst_nanos(M, M, SUNDAY_PEAK_HOUR) * 2 == deepseek.worst_nanos(M, M, TUESDAY_PEAK)
+    free = Pricer("ollama", "llama3.2")
+    assert free.worst_nanos(M, M, TUESDAY_PEAK) == 0
+    ceiling = Pricer("openai_compatible", "x", ceiling=Rates(Decimal(10), Decimal(30)))
+    assert ceiling.worst_nanos(100, 10, TUESDAY_PEAK) == 1_300_000
+    with pytest.raises(ModelUnpriced):
+        Pricer("openai_compatible", "x").worst_nanos(1, 1, TUESDAY_PEAK)

@@ -106,6 +106,7 @@ class Limiter:
         self._features = {n: s for n, v in budgets.features.items() if (s := _scope(FEATURE, n, v))}
         self._providers = {n: s for n, v in providers.items() if (s := _scope(PROVIDER, n, v)) is not None}
         self._users = compile_limits(budgets.users)
+        self._keys_only = not (self._all or self._teams or self._features or self._users)
         self._bytes_per_token = bytes_per_token
         self._ledger: Ledger | None = None
         self._reloading: dict[str, asyncio.Event] = {}  # key id → set when its counters are reloaded
@@ -119,6 +120,8 @@ class Limiter:
         self, key_id: str, key: KeyLimits, user: str | None, team: str | None, feature: str | None
     ) -> tuple[Scope, ...]:
         """The scopes with limits that a request counts in (the provider's comes at ``admit``)."""
+        if key.scope is None and not key.user_limits and self._keys_only:
+            return ()  # nothing configured outside keys, and this key has no limits
         out: list[Scope] = []
         if key.scope is not None:
             out.append(key.scope)
@@ -136,13 +139,25 @@ class Limiter:
 
     def need(self, entry: Entry, body_bytes: int) -> Need:
         """The request's worst case (also recorded on the entry, so a crash settles at it)."""
+        self.record(entry, body_bytes)
+        return Need(entry.reserved_nanos, entry.reserved_input_tokens + entry.reserved_output_tokens)
+
+    def record(self, entry: Entry, body_bytes: int) -> None:
+        """Record the request's worst case on its entry (a row a crash leaves pending is settled at it)."""
         assert entry.pricer is not None, "a deployment is chosen first"
         prompt = -(-body_bytes // self._bytes_per_token)
-        nanos = entry.pricer.worst_nanos(prompt, entry.output_cap, entry.ts_us)
+        entry.reserved_nanos = entry.pricer.worst_nanos(prompt, entry.output_cap, entry.ts_us)
         entry.reserved_input_tokens = prompt
         entry.reserved_output_tokens = entry.output_cap
-        entry.reserved_nanos = nanos
-        return Need(nanos, prompt + entry.output_cap)
+
+    def free(self, entry: Entry) -> bool:
+        """True when nothing limits this request (no scope, no provider allowance, no reload under way):
+        it only needs its worst case recorded, without the counters (the common case, kept cheap)."""
+        return not (
+            entry.scopes
+            or (self._providers and entry.provider in self._providers)
+            or (self._reloading and entry.key_id in self._reloading)
+        )
 
     async def admit(self, entry: Entry, scopes: tuple[Scope, ...], body_bytes: int) -> None:
         """Reserve the worst case on every scope (raises the refusal of a full one; nothing reserved)."""

@@ -78,12 +78,15 @@ class Pricer:
     config_source: str = "config"  # "config@<digest>": which configured price was used
     # decided once, here: a request to a deployment that is not chargeable is refused at admission
     chargeable: bool = field(init=False, default=False)
+    # the one set of rates that applies whatever the time and size, when there is one (found once)
+    _fixed: Rates | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         share = CACHE_READ_SHARE.get(self.preset)
         if self.rates is not None and self.rates.cache_read is None and share is not None:
             object.__setattr__(self, "rates", replace(self.rates, cache_read=self.rates.input * share))
         object.__setattr__(self, "chargeable", self.is_priced() or self.ceiling is not None)
+        object.__setattr__(self, "_fixed", self.rates if self.rates is not None else _timeless(self.sheet))
 
     def is_priced(self) -> bool:
         """True if requests can be priced other than at the ceiling (admission refuses otherwise)."""
@@ -94,8 +97,9 @@ class Pricer:
 
         A provider's own billed amount (OpenRouter) is bounded by the price it publishes, which is what
         the rates here are."""
-        if self.rates is not None:
-            return self.rates.worst_nanos(input_tokens, output_tokens)
+        fixed = self._fixed
+        if fixed is not None:
+            return fixed.worst_nanos(input_tokens, output_tokens)
         if self.sheet is not None:
             return self.sheet.rates(at, input_tokens).worst_nanos(input_tokens, output_tokens)
         if self.preset in FREE_PRESETS:
@@ -120,6 +124,16 @@ class Pricer:
             f"No price is known for {self.preset} model {self.model!r}; the operator must configure one "
             "(or a ceiling) before it can be used."
         )
+
+
+def _timeless(sheet: PriceSheet | None) -> Rates | None:
+    """A sheet's rates when neither the time nor the input size can change them."""
+    if sheet is None or len(sheet.periods) != 1:
+        return None
+    period = sheet.periods[0]
+    if period.since is not None or period.window is not None or len(period.bands) != 1:
+        return None
+    return period.bands[0].rates
 
 
 def _priced(rates: Rates, usage: TokenUsage, source: str, *, at_ceiling: bool = False) -> Charge:

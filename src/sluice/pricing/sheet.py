@@ -55,7 +55,14 @@ class Rates:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_pico", _whole_picos(self))
-        ins = (self.input, self.cache_write, self.cache_write_1h, self.input_audio, self.input_image)
+        ins = (
+            self.input,
+            self.cache_read,
+            self.cache_write,
+            self.cache_write_1h,
+            self.input_audio,
+            self.input_image,
+        )
         dearest_in = max(r for r in ins if r is not None)
         dearest_out = max(r for r in (self.output, self.output_audio) if r is not None)
         pico_in, pico_out = dearest_in.scaleb(6), dearest_out.scaleb(6)
@@ -103,7 +110,8 @@ class Rates:
     def worst_nanos(self, input_tokens: int, output_tokens: int) -> int:
         """An upper bound, in nano-dollars rounded up, on what ``input_tokens`` in and ``output_tokens`` out
         can cost: every input token at the dearest input class (a cache write costs more than plain
-        input), every output token at the dearest output class. Web-search fees are not bounded here."""
+        input; any class may be set dearest in a config), every output token at the dearest output
+        class. Web-search fees are not bounded here."""
         pico_in, pico_out, dearest_in, dearest_out = self._dearest
         if pico_in is not None and pico_out is not None:
             return -(-(input_tokens * pico_in + output_tokens * pico_out) // 1000)
