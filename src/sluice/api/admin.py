@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs
 
 import orjson
@@ -78,13 +78,21 @@ def key_json(row: KeyRow, now: float | None = None, secret: str | None = None) -
     return out
 
 
-def _parse(api: SluiceAPI, model: type[KeyChange], raw: bytes) -> KeyChange:
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validated(model: type[M], raw: bytes, what: str) -> M:
+    """A request body as ``model``, or a 400 naming the first field that is wrong."""
     try:
-        change = model.model_validate_json(raw or b"{}")
+        return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"]) or "body"
-        raise InvalidRequest(f"Invalid key settings at {where}: {first['msg']}.", param=where) from None
+        raise InvalidRequest(f"Invalid {what} at {where}: {first['msg']}.", param=where) from None
+
+
+def _parse(api: SluiceAPI, model: type[KeyChange], raw: bytes) -> KeyChange:
+    change = _validated(model, raw, "key settings")
     if (change.limits or change.user_limits) and not api.accounting.limiter.shared:
         raise InvalidRequest(
             "This gateway runs several workers with in-process counters, which cannot enforce a key's "
@@ -216,12 +224,7 @@ async def provider_keys(api: SluiceAPI, req: Request) -> None:
     await api.admin(req)
     svc = _secrets(api)
     if req.scope["method"] == "POST":
-        try:
-            new = _NewProviderKey.model_validate_json(await api.read_body(req) or b"{}")
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(x) for x in first["loc"]) or "body"
-            raise InvalidRequest(f"Invalid provider key at {where}: {first['msg']}.", param=where) from None
+        new = _validated(_NewProviderKey, await api.read_body(req), "provider key")
         row = await svc.add(new.provider, new.key, new.label)
         await _provider_keys_changed(api)
         await _send(api, req, 201, provider_key_json(svc, row))

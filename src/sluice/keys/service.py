@@ -149,6 +149,24 @@ class KeyService:
         await self.store.set_meta(ADMIN_DIGEST, digest(self._secret, key))
         return key
 
+    def _new_row(self, name: str) -> tuple[str, KeyRow]:
+        """A fresh secret and the row that stores only its digest."""
+        key = new_key()
+        row = KeyRow(
+            id=f"key_{secrets.token_hex(8)}",
+            digest=digest(self._secret, key),
+            name=name,
+            hint=hint(key),
+            models=None,
+            created_at=int(time.time()),
+            revoked_at=None,
+        )
+        return key, row
+
+    async def _insert(self, row: KeyRow) -> None:
+        await self.store.insert_key(row)
+        await self._created(row)
+
     async def create(
         self,
         name: str,
@@ -159,39 +177,17 @@ class KeyService:
         user_limits: LimitSettings | None = None,
     ) -> tuple[str, KeyRow]:
         """Create a virtual key; the key itself is returned here and never again."""
-        key = new_key()
-        row = KeyRow(
-            id=f"key_{secrets.token_hex(8)}",
-            digest=digest(self._secret, key),
-            name=name,
-            hint=hint(key),
-            models=models,
-            created_at=int(time.time()),
-            revoked_at=None,
-            policy=policy,
-            limits=limits,
-            user_limits=user_limits,
-        )
-        await self.store.insert_key(row)
-        await self._created(row)
+        key, blank = self._new_row(name)
+        row = dataclasses.replace(blank, models=models, policy=policy, limits=limits, user_limits=user_limits)
+        await self._insert(row)
         return key, row
 
     async def create_from(self, change: KeyChange) -> tuple[str, KeyRow]:
         """Create a key from an admin's request (``name`` set)."""
         assert change.name is not None
-        key = new_key()
-        blank = KeyRow(
-            id=f"key_{secrets.token_hex(8)}",
-            digest=digest(self._secret, key),
-            name=change.name,
-            hint=hint(key),
-            models=None,
-            created_at=int(time.time()),
-            revoked_at=None,
-        )
+        key, blank = self._new_row(change.name)
         row = dataclasses.replace(_changed(blank, change.given()), updated_at=None)
-        await self.store.insert_key(row)
-        await self._created(row)
+        await self._insert(row)
         return key, row
 
     async def all(self) -> list[KeyRow]:

@@ -296,6 +296,9 @@ def limit_headers(hold: Hold, now_us: int, cost_nanos: int | None = None) -> lis
             scope = header_safe(room.scope.id)
             out += [
                 (b"x-sluice-budget-remaining-usd", usd_text(max(remaining, 0)).encode()),
-                (b"x-sluice-budget-scope", f"{scope} {room.limit.describe()} {room.window.reset}".encode()),
+                (
+                    b"x-sluice-budget-scope",
+                    f"{scope} {room.limit.describe()} {reset_text(room.window)}".encode(),
+                ),
             ]
     return out

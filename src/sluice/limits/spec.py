@@ -86,11 +86,6 @@ class Window:
     key: str
     end_us: int
 
-    @property
-    def reset(self) -> str:
-        """When it ends, for people and headers: ISO 8601 UTC, or ``never``."""
-        return reset_text(self)
-
 
 _US = 1_000_000
 _FOREVER = Window("all", 0)
