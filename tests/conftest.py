@@ -65,8 +65,9 @@ def _deployment(preset: str, model: str) -> str:
     return f"{{provider: {preset}, model: '{model}'" + (f", price: {price}}}" if price else "}")
 
 
-def config_yaml(emu: Emulator, data_dir: Path, timeouts: str = "") -> str:
-    """A config with every preset pointed at the emulator (also exercises the YAML loader)."""
+def config_yaml(emu: Emulator, data_dir: Path, timeouts: str = "", extra: str = "") -> str:
+    """A config with every preset pointed at the emulator (also exercises the YAML loader); ``extra``
+    is appended (more top-level sections)."""
     lines = ["server:", f"  data_dir: {data_dir}", "  key_cache_ttl_s: 0.2", "providers:"]
     for _alias, preset, _model, _emb in DIALECTS:
         key = "" if preset in ("ollama", "vllm") else f"    api_key: env:EMU_{preset.upper()}_KEY\n"
@@ -82,7 +83,7 @@ def config_yaml(emu: Emulator, data_dir: Path, timeouts: str = "") -> str:
                 f"  - name: {emb_alias}\n    mode: embedding\n"
                 f"    deployments: [{_deployment(preset, 'text-embedding-3-small')}]"
             )
-    return "\n".join(line.rstrip("\n") for line in lines) + "\n"
+    return "\n".join(line.rstrip("\n") for line in lines) + "\n" + extra
 
 
 def provider_env() -> dict[str, str]:
@@ -139,17 +140,19 @@ def emulator() -> Iterator[Emulator]:
     emu.stop_thread()
 
 
-def make_config(emu: Emulator, data_dir: Path, timeouts: str = "") -> Config:
+def make_config(emu: Emulator, data_dir: Path, timeouts: str = "", extra: str = "") -> Config:
     """Parse the test config (through the real loader)."""
-    return parse_config(config_yaml(emu, data_dir, timeouts), environ=provider_env()).config
+    return parse_config(config_yaml(emu, data_dir, timeouts, extra), environ=provider_env()).config
 
 
 @pytest.fixture(scope="session")
 def gateway(emulator: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    """A Sluice server over the emulator, with short upstream deadlines so fault tests stay fast."""
+    """A Sluice server over the emulator, with short upstream deadlines so fault tests stay fast, and no
+    retries: each fault test sees how one upstream failure is mapped (test_routing retries)."""
     data_dir = tmp_path_factory.mktemp("sluice-data")
     timeouts = "    timeouts: {connect: 2, first_byte: 1.5, idle: 1.0, total: 6}\n"
-    app = create_app(make_config(emulator, data_dir, timeouts), provider_env())
+    config = make_config(emulator, data_dir, timeouts, "routing: {retries: 0}\n")
+    app = create_app(config, provider_env())
     with ServerThread(app) as server:
         yield server
 

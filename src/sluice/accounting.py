@@ -94,6 +94,10 @@ class Accounting:
             entry.cost_nanos = charge.nanos
             entry.price_source = charge.source
             entry.at_ceiling = charge.at_ceiling
+        if entry.prior_nanos:  # attempts before this one that the provider may have billed (estimated)
+            entry.cost_nanos += entry.prior_nanos
+            entry.usage_estimated = True
+            entry.price_source = entry.price_source or "estimate"
         self.limiter.settle(entry)
         self.ledger.settle(entry, content)
         self.metrics.observe(entry)

@@ -199,7 +199,8 @@ def create_app(
     for warning in unpriced(routes):
         log.warning("%s", warning)
     limiter = open_limiter(config, environ, clock)
-    gateway = Gateway(routes, upstream, ledger, limiter)
+    metrics = Metrics(environ.get(SHARED_ENV))
+    gateway = Gateway(routes, upstream, ledger, limiter, config.routing, metrics)
 
     async def limits_changed(row: KeyRow, fresh: bool) -> None:
         await limiter.key_changed(ledger, limiter.counters.clock(), row, fresh=fresh)
@@ -230,7 +231,6 @@ def create_app(
             svc.keys.forget(message)
 
     reloads: set[asyncio.Task[None]] = set()
-    metrics = Metrics(environ.get(SHARED_ENV))
     accounting = Accounting(ledger, metrics, limiter)
 
     async def ready() -> dict[str, bool]:

@@ -1,34 +1,53 @@
-"""One request's life after the HTTP edge: route → translate → upstream → relay.
+"""One request's life after the HTTP edge: plan → admit → attempt (and fall back) → relay.
 
 The HTTP surface (``sluice.api``) authenticates and validates; this module turns a validated request
-and its route into an upstream call and an answer in OpenAI's shape. Before a provider is called the
-request's ledger entry is opened (a pending row: a request that may reach a provider is never missing
-from the ledger); ``sluice.accounting`` settles it. Budgets and fallback plug in here in later stages.
+and its aliases into upstream calls and an answer in OpenAI's shape:
+- plan (``sluice.routing.plan``): the deployments it may try, in its aliases' strategy order;
+- admit: the worst case of the dearest of them reserved on every budget, and the ledger row opened (a
+  request that may reach a provider is never missing from the ledger); ``sluice.accounting`` settles it;
+- attempt: a failure the client did not cause moves to the account's next key, or the next deployment,
+  within the request's retries, the process's retry budget and the request's deadline; a stream may
+  fall back only until it is committed (its first content, or the end of the pre-commit window).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import logging
+import random
 import sys
 import time
 from array import array
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import orjson
 
-from sluice.errors import InvalidRequest, ModelNotFound, ModelUnpriced, SluiceError, UpstreamError
-from sluice.ledger.entry import Entry, usd_text
+from sluice.errors import (
+    BudgetExceeded,
+    InvalidRequest,
+    LimitReached,
+    ModelNotFound,
+    ModelUnpriced,
+    SluiceError,
+    UpstreamError,
+)
+from sluice.ledger.entry import Attempt, Entry, usd_text
 from sluice.ledger.sink import Ledger
 from sluice.limits.limiter import Limiter
+from sluice.metrics import Metrics
 from sluice.pricing.cost import Charge
-from sluice.pricing.usage import TokenUsage, from_embeddings
+from sluice.pricing.usage import TokenUsage, estimated, from_embeddings
 from sluice.providers.base import StreamTranslator, Target
 from sluice.providers.errors import parse_error_body
+from sluice.routing.health import EJECTED, FINAL, ROTATE, Health, RetryBudget, backoff_s, verdict
+from sluice.routing.plan import Candidate, plan
 from sluice.routing.table import Deployment, Route
+from sluice.settings import RoutingSettings
 from sluice.upstream import Upstream, UpstreamResponse
 from sluice.wire.requests import ChatRequest, EmbeddingRequest
 from sluice.wire.sse import Event
@@ -98,15 +117,18 @@ class StreamReply:
     def _stopped(self) -> bool:
         return self._translator.done or self._error is not None
 
-    async def open(self) -> None:
-        """Read until the stream has substance (the pre-commit window); raise if it fails before."""
-        self._events = self._resp.events()
+    async def open(self, commit_at: float | None = None) -> None:
+        """Read until the stream has substance, or until ``commit_at`` (loop time: the pre-commit window
+        is over, and the stream is committed to as it is); raise if it fails before either."""
+        self._events = self._resp.events(commit_at)
         translator = self._translator
         while not (translator.started or translator.done or self._error is not None):
             try:
                 events = await anext(self._events)
             except StopAsyncIteration:
                 break
+            if not events:
+                return  # the window is over: this stream is the answer, whatever comes next
             self._pending += self._translate(events)
         if not (translator.started or translator.done):
             raise self._error or UpstreamError(
@@ -160,11 +182,13 @@ def _unusable(dep: Deployment) -> UpstreamError:
 @functools.cache
 def _meta_headers(t: Target) -> list[tuple[bytes, bytes]]:
     """Response headers naming what served the request (built once per deployment)."""
-    return [
-        (b"x-sluice-provider", t.provider.encode()),
-        (b"x-sluice-model", t.upstream_model.encode()),
-        (b"x-sluice-attempts", b"1"),
-    ]
+    return [(b"x-sluice-provider", t.provider.encode()), (b"x-sluice-model", t.upstream_model.encode())]
+
+
+@functools.cache
+def _served_by(t: Target, attempts: int) -> list[tuple[bytes, bytes]]:
+    """What served the request and after how many upstream calls (built once per deployment and count)."""
+    return [*_meta_headers(t), (b"x-sluice-attempts", b"%d" % attempts)]
 
 
 def _since(t0: int) -> int:
@@ -180,44 +204,52 @@ async def _timed(entry: Entry, call: Awaitable[T]) -> T:
         entry.upstream_us = _since(t0)
 
 
+@dataclass(slots=True)
+class Walk:
+    """One request's way through its candidates: what it tried, and what the last failure said."""
+
+    candidates: list[Candidate]
+    deadline: float  # loop time: no attempt starts, nor lasts, beyond it
+    commit_at: float  # loop time: the end of a stream's pre-commit window
+    index: int = 0  # the candidate being tried
+    held: str = ""  # the provider account reserved at admission
+    retry: bool = False  # holds a slot of the retry budget
+    spare_key: bool = False  # the last failure was the account's key, and another key can serve
+    retry_after: float = 0.0  # the last failure's retry-after, in seconds (0: none)
+    tried: set[str] = field(default_factory=set)
+    held_back: dict[str, float] = field(default_factory=dict)  # dep id → retry-after it asked for
+
+    @property
+    def current(self) -> Candidate:
+        return self.candidates[self.index]
+
+
+Attempt_ = Callable[[Deployment, Walk], Awaitable[T]]
+
+
 class Gateway:
-    """The request life for chat completions and embeddings."""
+    """The request life for chat completions and embeddings: plan, admit, attempt, fall back."""
 
     def __init__(
-        self, routes: dict[str, Route], upstream: Upstream, ledger: Ledger, limiter: Limiter
+        self,
+        routes: dict[str, Route],
+        upstream: Upstream,
+        ledger: Ledger,
+        limiter: Limiter,
+        routing: RoutingSettings | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.routes = routes
         self._upstream = upstream
         self._ledger = ledger
         self._limiter = limiter
-
-    async def _admit(
-        self, route: Route, entry: Entry, output_cap: int | None, choices: int = 1
-    ) -> Deployment:
-        """Choose the deployment, refuse an unpriced one, reserve the worst case on every budget, and open
-        the ledger row before calling it. A refusal here reaches no provider and reserves nothing."""
-        dep = route.deployments[0]
-        if not dep.pricer.chargeable:
-            raise ModelUnpriced(
-                f"The model '{route.alias}' has no known price; the operator must configure one (or a "
-                "ceiling) before it can be used.",
-                param="model",
-            )
-        entry.provider = dep.target.provider
-        entry.model = dep.target.upstream_model
-        entry.pricer = dep.pricer
-        entry.output_cap = (dep.target.max_output_tokens if output_cap is None else output_cap) * choices
-        limiter = self._limiter
-        if limiter.free(entry):
-            limiter.record(entry, entry.body_bytes)
-        else:
-            try:
-                await limiter.admit(entry, entry.scopes, entry.body_bytes)
-            except BaseException:  # refused, or the client left while the counters were asked
-                entry.pricer = None  # never reached a provider: nothing to charge
-                raise
-        self._ledger.open(entry)
-        return dep
+        self.settings = routing or RoutingSettings()
+        self.metrics = metrics or Metrics()
+        self.health = Health(self.settings)
+        self.budget = RetryBudget(self.settings.retry_budget_ratio, self.settings.retry_budget_min)
+        self.rng = random.Random()  # load spreading and jitter, not secrets
+        # told when this process ejects or re-admits a deployment (dep id, seconds ejected, ejections)
+        self.on_health: Callable[[str, float, int], None] | None = None
 
     def route(self, model: str, mode: str) -> Route:
         """The route for a public model name, checked against the endpoint's mode."""
@@ -233,12 +265,238 @@ class Gateway:
             )
         return route
 
+    # --- planning and admission ------------------------------------------------------------------------
+
+    def _plan(self, routes: Sequence[Route], entry: Entry, cap: int | None, choices: int) -> Walk:
+        """The candidates in order, and the worst case reserved: the dearest of them."""
+        prompt = self._limiter.prompt_tokens(entry.body_bytes)
+
+        def worst(dep: Deployment) -> int:
+            out = (dep.target.max_output_tokens if cap is None else cap) * choices
+            return dep.pricer.worst_nanos(prompt, out, entry.ts_us)
+
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        candidates, skipped = plan(routes, self.health, self.rng, worst, now)
+        for dep, reason in skipped:
+            self.metrics.count("skipped", routes[0].alias, dep.target.provider, reason)
+        if not candidates:
+            raise ModelUnpriced(
+                f"The model '{routes[0].alias}' has no known price; the operator must configure one (or a "
+                "ceiling) before it can be used.",
+                param="model",
+            )
+        first = candidates[0].dep
+        entry.output_cap = max(
+            (c.dep.target.max_output_tokens if cap is None else cap) * choices for c in candidates
+        )
+        entry.reserved_nanos = max(c.worst for c in candidates)
+        entry.reserved_input_tokens = prompt
+        entry.reserved_output_tokens = entry.output_cap
+        total = self._upstream.total_s(first.target.provider)
+        return Walk(candidates, now + total, now + self.settings.stream_commit_s)
+
+    async def _admit(self, routes: Sequence[Route], entry: Entry, cap: int | None, choices: int = 1) -> Walk:
+        """Plan, refuse what cannot be priced, reserve the worst case on every budget (and the first
+        candidate's provider account: one whose own limits are full is passed over for the next), and
+        open the ledger row before any provider is called. A refusal reaches no provider, reserves
+        nothing."""
+        walk = self._plan(routes, entry, cap, choices)
+        while True:
+            self._enter(entry, walk.current.dep)
+            if self._limiter.free(entry):
+                break
+            try:
+                await self._limiter.admit(entry, entry.scopes)
+                break
+            except (BudgetExceeded, LimitReached) as err:
+                account = f"provider:{entry.provider}"
+                if err.headers.get("x-sluice-limit-scope") != account or not self._skip(entry, walk):
+                    entry.pricer = None  # never reached a provider: nothing to charge
+                    raise
+                self.metrics.count("skipped", entry.alias, account[9:], "provider_limit")
+            except BaseException:  # refused, or the client left while the counters were asked
+                entry.pricer = None
+                raise
+        walk.held = entry.provider
+        self._ledger.open(entry)
+        return walk
+
+    @staticmethod
+    def _enter(entry: Entry, dep: Deployment) -> None:
+        entry.provider = dep.target.provider
+        entry.model = dep.target.upstream_model
+        entry.pricer = dep.pricer
+        entry.upstream_status = 0
+        entry.upstream_us = 0
+
+    async def _account(self, entry: Entry, walk: Walk) -> SluiceError | None:
+        """Reserve on a fallback's provider account, if it has limits (the first account's is reserved
+        at admission); its refusal, if it refuses."""
+        provider = walk.current.dep.target.provider
+        if provider == walk.held or not self._limiter.limits_provider(provider):
+            return None
+        try:
+            entry.provider_hold = await self._limiter.admit_provider(entry, provider)
+        except (BudgetExceeded, LimitReached) as err:
+            self.metrics.count("skipped", entry.alias, provider, "provider_limit")
+            return err
+        return None
+
+    # --- the attempt loop -------------------------------------------------------------------------------
+
+    async def _serve(
+        self, routes: Sequence[Route], entry: Entry, cap: int | None, choices: int, one: Attempt_[T]
+    ) -> T:
+        """Admit, then call candidates until one answers or no retry is left: the last error is raised."""
+        walk = await self._admit(routes, entry, cap, choices)
+        budget = self.budget
+        budget.active += 1
+        try:
+            refused: SluiceError | None = None
+            while True:
+                if (err := await self._account(entry, walk)) is not None:
+                    refused = refused or err
+                    if not self._skip(entry, walk):
+                        raise refused
+                    continue
+                try:
+                    return await self._attempt(entry, walk, one)
+                except SluiceError as failure:
+                    if not await self._again(entry, walk, failure):
+                        raise
+        finally:
+            budget.active -= 1
+            if walk.retry:
+                budget.release()
+
+    async def _attempt(self, entry: Entry, walk: Walk, one: Attempt_[T]) -> T:
+        dep = walk.current.dep
+        st = self.health.state_of(dep)
+        loop = asyncio.get_running_loop()
+        self.health.started(st, loop.time())
+        walk.tried.add(dep.id)
+        walk.spare_key = False
+        walk.retry_after = 0.0
+        t0 = time.perf_counter_ns()
+        result = await one(dep, walk)
+        if self.health.succeeded(st, _since(t0)):
+            self._told(st.id, 0.0, 0)
+        self.metrics.count("attempt", dep.target.provider, dep.target.upstream_model, "ok")
+        return result
+
+    def _skip(self, entry: Entry, walk: Walk) -> bool:
+        """Move to the next candidate without an attempt (its account is full); False if none is left."""
+        entry.provider_hold = None
+        if walk.index + 1 >= len(walk.candidates):
+            return False
+        walk.index += 1
+        walk.tried.add(walk.candidates[walk.index - 1].dep.id)
+        walk.held_back[walk.candidates[walk.index - 1].dep.id] = float("inf")  # not this request
+        self._enter(entry, walk.current.dep)
+        return True
+
+    async def _again(self, entry: Entry, walk: Walk, err: SluiceError) -> bool:
+        """After a failed attempt: record it, judge it, and set up the next one (False: answer ``err``)."""
+        dep = walk.current.dep
+        status = entry.upstream_status
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        peers = [self.health.state_of(d) for d in walk.current.route.deployments]
+        ejected = self.health.failed(self.health.state_of(dep), status, now, peers)
+        if ejected:
+            self.metrics.count("ejected", dep.target.provider, dep.target.upstream_model)
+            self._told(dep.id, ejected, self.health.state_of(dep).ejections)
+        how = verdict(status)
+        final = how == FINAL or isinstance(err, BudgetExceeded | LimitReached)
+        self.metrics.count(
+            "attempt", dep.target.provider, dep.target.upstream_model, "client_error" if final else "failed"
+        )
+        if walk.retry_after:
+            walk.held_back[dep.id] = walk.retry_after
+        if how == ROTATE and not walk.spare_key and status != 429:
+            walk.held_back[dep.id] = float("inf")  # every key of the account refused: not again
+        if final or entry.attempt_count > self.settings.retries or now >= walk.deadline:
+            return False
+        same = how == ROTATE and walk.spare_key
+        nxt = walk.index if same else self._next(walk, now)
+        if nxt is None:
+            return False
+        pause = 0.0 if same else self._pause(walk, walk.candidates[nxt].dep, entry.attempt_count)
+        if now + pause >= walk.deadline:
+            return False  # the answer would come too late: the client gets this failure now
+        if not walk.retry:
+            if not self.budget.acquire():
+                self.metrics.count("budget_exhausted", entry.alias)
+                log.warning("retry budget exhausted: request %s not retried", entry.request_id)
+                return False
+            walk.retry = True
+        self._retire(entry, err)
+        if nxt != walk.index:
+            self.metrics.count("fallback", entry.alias, walk.candidates[nxt].dep.target.provider)
+        walk.index = nxt
+        self._enter(entry, walk.current.dep)
+        if pause:
+            await asyncio.sleep(pause)
+        return True
+
+    def _next(self, walk: Walk, now: float) -> int | None:
+        """The next candidate to try: the next untried one that is in service, else (to retry) the first
+        already tried whose retry-after this request can wait out; None if there is none."""
+        n = len(walk.candidates)
+        cap = self.settings.retry_after_max_s
+        for step in range(1, n + 1):
+            i = (walk.index + step) % n
+            cand = walk.candidates[i].dep
+            if cand.id not in walk.tried:
+                if self.health.state_of(cand).admits(now):
+                    return i
+            elif walk.held_back.get(cand.id, 0.0) <= cap and self.health.state_of(cand).admits(now):
+                return i
+        return None
+
+    def _pause(self, walk: Walk, dep: Deployment, made: int) -> float:
+        """Seconds to wait before trying ``dep``: none if this request has not tried it yet; else a
+        jittered backoff, or the provider's retry-after if longer."""
+        if dep.id not in walk.tried:
+            return 0.0
+        return max(backoff_s(made - 1, self.settings, self.rng), walk.held_back.get(dep.id, 0.0))
+
+    def _retire(self, entry: Entry, err: SluiceError) -> None:
+        """Record the failed attempt on the entry, priced if the provider may have billed it, and settle
+        its provider account's reservation."""
+        billed = entry.upstream_status == 200 or (
+            entry.upstream_status == 0 and err.code != "upstream_unreachable"
+        )
+        cost = 0
+        if billed and entry.pricer is not None:
+            cost = entry.pricer.charge(estimated(None, entry.input_estimate, 0), entry.ts_us).nanos
+        attempt = Attempt(
+            entry.provider, entry.model, entry.upstream_status, err.code, entry.upstream_us, cost
+        )
+        if entry.attempts is None:
+            entry.attempts = []
+        entry.attempts.append(attempt)
+        entry.prior_nanos += cost
+        if entry.provider_hold is not None:
+            self._limiter.settle_hold(entry.provider_hold, cost, entry.input_estimate if billed else 0)
+            entry.provider_hold = None
+
+    def _told(self, dep_id: str, seconds: float, ejections: int) -> None:
+        state = f"ejected for {seconds:.1f} s" if seconds else "back in service"
+        log.warning("deployment %s %s", dep_id, state)
+        if self.on_health is not None:
+            self.on_health(dep_id, seconds, ejections)
+
     def _failed(
-        self, dep: Deployment, status: int, headers: Mapping[str, str], body: bytes, key_id: str
+        self, walk: Walk, dep: Deployment, status: int, headers: Mapping[str, str], body: bytes, key_id: str
     ) -> SluiceError:
         """The error for a provider's non-200 answer, logged with the provider's request id. A key the
         provider refused or throttled steps aside for the account's next one."""
-        self._upstream.key_failed(dep.target.provider, key_id, status, headers.get("retry-after"))
+        walk.spare_key = self._upstream.key_failed(
+            dep.target.provider, key_id, status, headers.get("retry-after")
+        )
+        walk.retry_after = _retry_after_s(headers.get("retry-after"))
         raw = self._upstream.redact(dep.target.provider, body)
         err = dep.adapter.error(dep.target.provider, status, headers, raw)
         upstream_id = (
@@ -253,67 +511,134 @@ class Gateway:
         )
         return err
 
-    async def chat(self, req: ChatRequest, route: Route, entry: Entry) -> Reply:
+    # --- the endpoints ----------------------------------------------------------------------------------
+
+    async def chat(self, req: ChatRequest, routes: Sequence[Route], entry: Entry) -> Reply:
         """A non-stream chat completion."""
-        dep = await self._admit(route, entry, _output_cap(req), req.n)
-        call = dep.adapter.chat_call(req, dep.target)
-        got = await _timed(entry, self._upstream.fetch(dep.target.provider, call))
-        entry.upstream_status = got.status
-        if got.status != 200:
-            raise self._failed(dep, got.status, got.headers, got.body, got.key_id)
-        try:
-            out = dep.adapter.chat_response(got.body, req, dep.target)
-        except _MALFORMED as exc:
-            raise _unusable(dep) from exc
-        return Reply(out.body, _meta_headers(dep.target), out.tokens)
 
-    async def chat_stream(self, req: ChatRequest, route: Route, entry: Entry) -> StreamReply:
-        """Open a stream: returns once the provider has answered with a 200 event stream."""
-        dep = await self._admit(route, entry, _output_cap(req), req.n)
-        call = dep.adapter.chat_call(req, dep.target)
-        t0 = time.perf_counter_ns()  # the wait for the provider lasts until the stream has substance
-        try:
-            resp = await self._upstream.open_stream(dep.target.provider, call)
-            entry.upstream_status = resp.status
-            translator = dep.adapter.chat_stream(req, dep.target)
-            reply = StreamReply(_meta_headers(dep.target), resp, dep, translator, entry)
+        async def one(dep: Deployment, walk: Walk) -> Reply:
+            call = dep.adapter.chat_call(req, dep.target)
+            got = await _timed(entry, self._upstream.fetch(dep.target.provider, call, walk.deadline))
+            entry.upstream_status = got.status
+            if got.status != 200:
+                raise self._failed(walk, dep, got.status, got.headers, got.body, got.key_id)
             try:
-                if resp.status != 200:
-                    raise self._failed(dep, resp.status, resp.headers, await resp.error_body(), resp.key_id)
-                if not resp.headers.get("content-type", "").startswith("text/event-stream"):
-                    raise UpstreamError(
-                        f"Provider {dep.target.provider!r} answered a stream request without a stream."
-                    )
-                await reply.open()
-            except BaseException:
-                await reply.close(error=True)
-                raise
-        finally:
-            entry.upstream_us = _since(t0)
-        return reply
+                out = dep.adapter.chat_response(got.body, req, dep.target)
+            except _MALFORMED as exc:
+                raise _unusable(dep) from exc
+            return Reply(out.body, _served_by(dep.target, entry.attempt_count), out.tokens)
 
-    async def embeddings(self, req: EmbeddingRequest, route: Route, entry: Entry) -> Reply:
+        return await self._serve(routes, entry, _output_cap(req), req.n, one)
+
+    async def chat_stream(self, req: ChatRequest, routes: Sequence[Route], entry: Entry) -> StreamReply:
+        """Open a stream: returns once a provider's 200 event stream has content (or the pre-commit
+        window is over); a failure before that falls back like any other."""
+
+        async def one(dep: Deployment, walk: Walk) -> StreamReply:
+            call = dep.adapter.chat_call(req, dep.target)
+            t0 = time.perf_counter_ns()  # the wait for the provider lasts until the stream has substance
+            try:
+                resp = await self._upstream.open_stream(dep.target.provider, call, walk.deadline)
+                entry.upstream_status = resp.status
+                translator = dep.adapter.chat_stream(req, dep.target)
+                headers = _served_by(dep.target, entry.attempt_count)
+                reply = StreamReply(headers, resp, dep, translator, entry)
+                try:
+                    if resp.status != 200:
+                        body = await resp.error_body()
+                        raise self._failed(walk, dep, resp.status, resp.headers, body, resp.key_id)
+                    if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                        raise UpstreamError(
+                            f"Provider {dep.target.provider!r} answered a stream request without a stream."
+                        )
+                    await reply.open(walk.commit_at)
+                except BaseException:
+                    await reply.close(error=True)
+                    raise
+            finally:
+                entry.upstream_us = _since(t0)
+            return reply
+
+        return await self._serve(routes, entry, _output_cap(req), req.n, one)
+
+    async def embeddings(self, req: EmbeddingRequest, routes: Sequence[Route], entry: Entry) -> Reply:
         """Embeddings, fetched as floats and encoded as base64 here when the client asked for it."""
-        dep = await self._admit(route, entry, 0)
-        call = dep.adapter.embeddings_call(req, dep.target)
-        got = await _timed(entry, self._upstream.fetch(dep.target.provider, call))
-        entry.upstream_status = got.status
-        if got.status != 200:
-            raise self._failed(dep, got.status, got.headers, got.body, got.key_id)
-        try:
-            body = orjson.loads(got.body)
-            data = body["data"]
-            if not isinstance(data, list) or not data:
-                raise TypeError("no data")
-            if req.encoding_format == "base64":
-                for item in data:
-                    item["embedding"] = _b64_float32(item["embedding"])
-        except _MALFORMED as exc:  # orjson.JSONDecodeError is a ValueError
-            raise _unusable(dep) from exc
-        body.setdefault("object", "list")
-        usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
-        tokens = from_embeddings(usage) if usage is not None else None
-        return Reply(orjson.dumps(body), _meta_headers(dep.target), tokens)
+
+        async def one(dep: Deployment, walk: Walk) -> Reply:
+            call = dep.adapter.embeddings_call(req, dep.target)
+            got = await _timed(entry, self._upstream.fetch(dep.target.provider, call, walk.deadline))
+            entry.upstream_status = got.status
+            if got.status != 200:
+                raise self._failed(walk, dep, got.status, got.headers, got.body, got.key_id)
+            body, tokens = _embeddings_body(dep, got.body, req.encoding_format)
+            return Reply(orjson.dumps(body), _served_by(dep.target, entry.attempt_count), tokens)
+
+        return await self._serve(routes, entry, 0, 1, one)
+
+    # --- what the admin API shows -----------------------------------------------------------------------
+
+    def deployments(self) -> list[dict[str, Any]]:
+        """Every alias's deployments with their health: state, ejected until, error rate, latency."""
+        loop_now = asyncio.get_running_loop().time()
+        wall = time.time()
+        out = []
+        for route in self.routes.values():
+            for dep in route.deployments:
+                st = self.health.state_of(dep)
+                status = st.status(loop_now)
+                until = wall + (st.ejected_until - loop_now) if status == EJECTED else None
+                out.append(
+                    {
+                        "alias": route.alias,
+                        "strategy": route.strategy,
+                        "id": dep.id,
+                        "provider": dep.target.provider,
+                        "model": dep.target.upstream_model,
+                        "weight": dep.weight,
+                        "state": status,
+                        "ejected_until": _iso(until) if until is not None else None,
+                        "consecutive_failures": st.failures,
+                        "ejections": st.ejections,
+                        "attempts": st.attempts,
+                        "errors": st.errors,
+                        "error_rate": round(st.error_rate, 4),
+                        "latency_ms": round(st.latency_us / 1000, 3) if st.latency_us is not None else None,
+                    }
+                )
+        return out
+
+
+def _iso(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _retry_after_s(value: str | None) -> float:
+    """A retry-after header in seconds (0: none, or not a number of seconds)."""
+    if not value:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        return 0.0
+    return seconds if 0 < seconds < 86_400 else 0.0
+
+
+def _embeddings_body(dep: Deployment, raw: bytes, encoding: str) -> tuple[dict[str, Any], TokenUsage | None]:
+    try:
+        body = orjson.loads(raw)
+        data = body["data"]
+        if not isinstance(data, list) or not data:
+            raise TypeError("no data")
+        if encoding == "base64":
+            for item in data:
+                item["embedding"] = _b64_float32(item["embedding"])
+    except _MALFORMED as exc:  # orjson.JSONDecodeError is a ValueError
+        raise _unusable(dep) from exc
+    if not isinstance(body, dict):
+        raise _unusable(dep)
+    body.setdefault("object", "list")
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
+    return body, (from_embeddings(usage) if usage is not None else None)
 
 
 def _output_cap(req: ChatRequest) -> int | None:

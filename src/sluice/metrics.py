@@ -63,6 +63,37 @@ _HISTOGRAMS: dict[str, tuple[str, str | None, tuple[int, ...]]] = {
     ),
 }
 Totals = dict[str, Any]  # the JSON-ready form shared between workers
+# Routing counters: the short name the gateway counts under → (metric, help, label names).
+ROUTING: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "attempt": (
+        "sluice_upstream_attempts",
+        "Upstream calls, by outcome: ok, failed (the provider's failure) or client_error (not retried).",
+        ("provider", "model", "outcome"),
+    ),
+    "fallback": (
+        "sluice_fallbacks",
+        "Requests moved to another deployment after a failure, by the deployment that took over.",
+        ("alias", "provider"),
+    ),
+    "ejected": (
+        "sluice_ejections",
+        "Deployments ejected after consecutive failures (or a failed half-open probe).",
+        ("provider", "model"),
+    ),
+    "budget_exhausted": (
+        "sluice_retry_budget_exhausted",
+        "Failed requests not retried because the retry budget was spent.",
+        ("alias",),
+    ),
+    "skipped": (
+        "sluice_fallbacks_skipped",
+        (
+            "Deployments left out of a request's plan: unpriced, price (above the alias's price ratio) "
+            "or provider_limit (its account's limits were full)."
+        ),
+        ("alias", "provider", "reason"),
+    ),
+}
 
 
 class Metrics:
@@ -74,6 +105,7 @@ class Metrics:
         self._hists: dict[str, dict[str, list[int]]] = {name: {} for name in _HISTOGRAMS}
         self._features: set[str] = set()
         self._refusals: dict[str, int] = {}  # refused before any provider, by error code
+        self._routing: dict[tuple[str, ...], int] = {}  # (ROUTING name, *labels) → count
         self._shared = Path(shared_dir) if shared_dir else None
         self._task: asyncio.Task[None] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
@@ -123,6 +155,15 @@ class Metrics:
         if answered is not None and entry.upstream_status == 200:
             self._observe("sluice_gateway_overhead_seconds", "", max(answered - entry.upstream_us, 0))
 
+    def count(self, name: str, *labels: str) -> None:
+        """Count a routing event (``name`` from ``ROUTING``, with its labels)."""
+        key = (name, *labels)
+        self._routing[key] = self._routing.get(key, 0) + 1
+
+    def routing(self, name: str) -> dict[tuple[str, ...], int]:
+        """This process's counts of one routing event, by labels."""
+        return {k[1:]: v for k, v in self._routing.items() if k[0] == name}
+
     # --- sharing between workers ------------------------------------------------------------------------
 
     def totals(self) -> Totals:
@@ -131,6 +172,7 @@ class Metrics:
             "counts": [[*key, *row] for key, row in self._counts.items()],
             "hists": {name: dict(series) for name, series in self._hists.items()},
             "refusals": dict(self._refusals),
+            "routing": [[*key, count] for key, count in self._routing.items()],
         }
 
     def _write_share(self) -> None:
@@ -188,6 +230,7 @@ class _Families:
         counts: dict[tuple[str, ...], list[int]] = {}
         hists: dict[str, dict[str, list[int]]] = {name: {} for name in _HISTOGRAMS}
         refusals: dict[str, int] = {}
+        routing: dict[tuple[str, ...], int] = {}
         for totals in self._metrics.all_totals():
             for record in totals["counts"]:
                 _add(counts.setdefault(tuple(record[:4]), [0] * _WIDTH), record[4:])
@@ -196,6 +239,8 @@ class _Families:
                     _add(hists[name].setdefault(label, [0] * len(values)), values)
             for code, count in totals.get("refusals", {}).items():
                 refusals[code] = refusals.get(code, 0) + count
+            for *key, count in totals.get("routing", []):
+                routing[tuple(key)] = routing.get(tuple(key), 0) + count
         yield from _counter_families(counts)
         refused = CounterMetricFamily(
             "sluice_refusals",
@@ -206,6 +251,12 @@ class _Families:
         for code, count in sorted(refusals.items()):
             refused.add_metric([code], count)
         yield refused
+        for name, (metric, help_text, labels) in ROUTING.items():
+            counter = CounterMetricFamily(metric, help_text, labels=list(labels))
+            for key, count in sorted(routing.items()):
+                if key[0] == name:
+                    counter.add_metric(list(key[1:]), count)
+            yield counter
         for name, (help_text, label, bounds) in _HISTOGRAMS.items():
             family = HistogramMetricFamily(name, help_text, labels=[label] if label else [])
             for value, series in sorted(hists[name].items()):

@@ -254,6 +254,14 @@ class DeploymentSettings(_Strict):
         None,
         "Charged (and flagged in the ledger) when no price is known for the model, instead of refusing it.",
     )
+    weight: int = setting(
+        1, "Share of traffic under the `weighted` strategy (0: only as a fallback).", ge=0, le=1_000_000
+    )
+    allow_pricier: bool = setting(
+        False,
+        "Let this deployment serve as a fallback even when it costs more than `max_price_ratio` times the "
+        "request's first choice.",
+    )
 
 
 class ModelSettings(_Strict):
@@ -262,7 +270,69 @@ class ModelSettings(_Strict):
     name: str = setting(..., "Public model name clients send as `model`.", min_length=1)
     mode: Literal["chat", "embedding"] = setting("chat", "What the model does: chat or embedding.")
     deployments: list[DeploymentSettings] = setting(
-        ..., "Deployments in order (one is used today; later ones are fallbacks).", min_length=1
+        ...,
+        "Deployments that serve the alias; the strategy orders them per request, later ones are fallbacks.",
+        min_length=1,
+    )
+    strategy: Literal["priority", "weighted", "lowest-latency", "lowest-cost"] = setting(
+        "priority",
+        "Which deployment a request tries first: `priority` (the listed order), `weighted` (drawn by "
+        "`weight`), `lowest-latency` (measured), or `lowest-cost` (this request's worst case).",
+    )
+    max_price_ratio: Decimal | None = setting(
+        None,
+        "Skip a fallback whose worst case for the request costs more than this times the first choice's "
+        "(unless the deployment sets `allow_pricier`); unset: `routing.max_price_ratio`.",
+        ge=1,
+        allow_inf_nan=False,
+    )
+
+
+class RoutingSettings(_Strict):
+    """Retries, fallback, ejection of failing deployments, and the streaming commit window."""
+
+    retries: int = setting(
+        2, "Extra upstream attempts one request may make (fallbacks, key rotation, retries).", ge=0, le=10
+    )
+    retry_budget_ratio: float = setting(
+        0.2, "Retries in flight at most this share of the requests in flight (as Envoy does).", ge=0, le=1
+    )
+    retry_budget_min: int = setting(3, "Retries in flight always allowed, whatever the ratio.", ge=0)
+    backoff_base_ms: float = setting(
+        50, "First backoff before retrying a deployment already tried (doubles, full jitter).", ge=0
+    )
+    backoff_max_ms: float = setting(2000, "Longest backoff between two attempts.", ge=0)
+    retry_after_max_s: float = setting(
+        10,
+        "A provider's retry-after is honoured up to this many seconds before retrying it; longer: the "
+        "deployment is not retried by this request.",
+        ge=0,
+    )
+    eject_after: int = setting(
+        5,
+        "Consecutive failures (timeouts, connect errors, 5xx, 429) that eject a deployment.",
+        ge=1,
+    )
+    eject_base_s: float = setting(5, "First ejection's length; each failed half-open probe doubles it.", gt=0)
+    eject_max_s: float = setting(300, "Longest ejection.", gt=0)
+    max_ejected_share: float = setting(
+        0.5,
+        "At most this share of an alias's deployments ejected at once (at least one of two or more; an "
+        "alias with one deployment is never ejected).",
+        ge=0,
+        le=1,
+    )
+    max_price_ratio: Decimal = setting(
+        Decimal(2),
+        "Default for every alias: a fallback costing more than this times the first choice is skipped.",
+        ge=1,
+        allow_inf_nan=False,
+    )
+    stream_commit_s: float = setting(
+        10,
+        "A stream that fails before its first content within this many seconds falls back invisibly; "
+        "after it (or after the first content) the answer is committed and a failure is an SSE error.",
+        ge=0,
     )
 
 
@@ -284,6 +354,7 @@ class Config(_Strict):
     providers: list[ProviderSettings] = setting([], "Provider accounts.")
     models: list[ModelSettings] = setting([], "Public model aliases.")
     budgets: BudgetSettings = setting(BudgetSettings(), "Budgets and quotas (see BudgetSettings).")
+    routing: RoutingSettings = setting(RoutingSettings(), "Retries and fallback (see RoutingSettings).")
     allow_literal_keys: bool = setting(
         False, "Allow provider keys written literally in the file (a warning is logged)."
     )
@@ -301,6 +372,7 @@ SECTIONS: tuple[type[BaseModel], ...] = (
     BudgetSettings,
     LimitSettings,
     PeriodAmounts,
+    RoutingSettings,
     EmulatorSettings,
 )
 

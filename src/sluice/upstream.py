@@ -79,11 +79,16 @@ class KeyRing:
                 return key
         return min(keys, key=lambda k: k.resting_until)
 
+    def spare(self, key_id: str) -> bool:
+        """True if a key other than ``key_id`` is not resting (a retry can present it)."""
+        now = time.monotonic()
+        return any(k.id != key_id and k.resting_until <= now for k in self.keys)
+
     def failed(self, key_id: str, status: int, retry_after: str | None) -> None:
-        """The provider refused (401, 402) or throttled (429) the request made with ``key_id``."""
+        """The provider refused (401, 402, 403) or throttled (429) the request made with ``key_id``."""
         if len(self.keys) < 2:
             return  # nowhere to go: the next request tries the same key
-        rest = REFUSED_REST_S if status in (401, 402) else _retry_after(retry_after)
+        rest = REFUSED_REST_S if status in (401, 402, 403) else _retry_after(retry_after)
         for key in self.keys:
             if key.id == key_id:
                 key.resting_until = time.monotonic() + rest
@@ -128,11 +133,19 @@ class UpstreamResponse:
     """An open upstream (stream) response; ``release()`` must always be called."""
 
     def __init__(
-        self, endpoint: ProviderEndpoint, resp: aiohttp.ClientResponse, started: float, key_id: str = ""
+        self,
+        endpoint: ProviderEndpoint,
+        resp: aiohttp.ClientResponse,
+        started: float,
+        key_id: str = "",
+        deadline: float | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._resp = resp
         self._started = started
+        self._total_at = started + endpoint.timeouts.total
+        if deadline is not None:
+            self._total_at = min(self._total_at, deadline)
         self.key_id = key_id
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers  # case-insensitive
@@ -150,7 +163,7 @@ class UpstreamResponse:
         return self._endpoint.timeouts.idle
 
     def _deadline(self) -> float:
-        return self._started + self._endpoint.timeouts.total
+        return self._total_at
 
     async def error_body(self) -> bytes:
         """An error answer's body, bounded in size and by the first-byte deadline; unreadable: empty."""
@@ -161,11 +174,12 @@ class UpstreamResponse:
                 return await _read_all(self._resp, ERROR_BODY_BYTES, self._endpoint.name)
         return b""
 
-    async def events(self) -> AsyncGenerator[list[Event], None]:
+    async def events(self, commit_at: float | None = None) -> AsyncGenerator[list[Event], None]:
         """SSE events as they arrive, batched per read, under the first-byte, idle and total deadlines.
 
         The deadline wraps each read only, so time the consumer spends sending to a slow client never
-        counts against the provider.
+        counts against the provider. If nothing has come by ``commit_at`` (loop time), an empty batch is
+        yielded then, once: the consumer's pre-commit window is over.
         """
         t = self._endpoint.timeouts
         loop = asyncio.get_running_loop()
@@ -175,8 +189,17 @@ class UpstreamResponse:
         content = self._resp.content
         while True:
             try:
-                async with asyncio.timeout_at(deadline):
-                    chunk = await content.readany()
+                if commit_at is not None and commit_at < deadline:
+                    try:
+                        async with asyncio.timeout_at(commit_at):
+                            chunk = await content.readany()
+                    except TimeoutError:
+                        commit_at = None
+                        yield []
+                        continue
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await content.readany()
             except TimeoutError as exc:
                 which = "total" if deadline >= total_at else "first-byte or idle"
                 raise UpstreamTimeout(
@@ -256,11 +279,18 @@ class Upstream:
             key.resting_until = old.get(key.id, 0.0)
         self._rings[provider] = KeyRing(keys)
 
-    def key_failed(self, provider: str, key_id: str, status: int, retry_after: str | None) -> None:
-        """A provider refused or throttled a key: the account's next key serves for a while."""
+    def key_failed(self, provider: str, key_id: str, status: int, retry_after: str | None) -> bool:
+        """A provider refused or throttled a key: the account's next key serves for a while. Returns
+        True if another of the account's keys can serve now (a retry should present it)."""
         ring = self._rings.get(provider)
-        if ring is not None and status in (401, 402, 429):
-            ring.failed(key_id, status, retry_after)
+        if ring is None or status not in (401, 402, 403, 429):
+            return False
+        ring.failed(key_id, status, retry_after)
+        return ring.spare(key_id)
+
+    def total_s(self, provider: str) -> float:
+        """The provider's total deadline, in seconds."""
+        return self._endpoints[provider].timeouts.total
 
     def _auth(self, provider: str) -> RingKey | None:
         return self._rings[provider].pick()
@@ -281,14 +311,17 @@ class Upstream:
             return {**_SSE_HEADERS, **call.headers}
         return call.headers or None
 
-    async def fetch(self, provider: str, call: UpstreamCall) -> Fetched:
-        """POST a non-stream call and read the whole answer, all under the ``total`` deadline."""
+    async def fetch(self, provider: str, call: UpstreamCall, deadline: float | None = None) -> Fetched:
+        """POST a non-stream call and read the whole answer, all under the ``total`` deadline (and the
+        request's own ``deadline``, loop time, when it has one)."""
         endpoint = self._endpoints[provider]
         session = self._session(endpoint)
         key = self._auth(provider)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + endpoint.timeouts.total
         with _transport_errors(provider):
             async with (
-                asyncio.timeout(endpoint.timeouts.total),
+                asyncio.timeout_at(until if deadline is None else min(until, deadline)),
                 session.post(
                     self._url(endpoint, call.path),
                     data=call.body,
@@ -321,22 +354,26 @@ class Upstream:
             self._sessions[endpoint.name] = session
         return session
 
-    async def open_stream(self, provider: str, call: UpstreamCall) -> UpstreamResponse:
-        """POST a stream call; return once response headers are in (status may be an error)."""
+    async def open_stream(
+        self, provider: str, call: UpstreamCall, deadline: float | None = None
+    ) -> UpstreamResponse:
+        """POST a stream call; return once response headers are in (status may be an error). The
+        request's own ``deadline`` (loop time), when it has one, bounds the whole stream too."""
         endpoint = self._endpoints[provider]
         session = self._session(endpoint)
         started = asyncio.get_running_loop().time()
         t = endpoint.timeouts
         key = self._auth(provider)
+        until = started + min(t.first_byte, t.total)
         with _transport_errors(provider):
-            async with asyncio.timeout(min(t.first_byte, t.total)):
+            async with asyncio.timeout_at(until if deadline is None else min(until, deadline)):
                 resp = await session.post(
                     self._url(endpoint, call.path),
                     data=call.body,
                     headers=self._headers(call, key, stream=True),
                     allow_redirects=False,
                 )
-        return UpstreamResponse(endpoint, resp, started, key.id if key is not None else "")
+        return UpstreamResponse(endpoint, resp, started, key.id if key is not None else "", deadline)
 
     def redact(self, provider: str, raw: bytes) -> bytes:
         """Remove this provider's credentials from a body (a provider may echo the key it was sent)."""

@@ -187,6 +187,12 @@ async def limits(api: SluiceAPI, req: Request) -> None:
     await _send(api, req, 200, {"object": "list", "data": data})
 
 
+async def deployments(api: SluiceAPI, req: Request) -> None:
+    """``/admin/deployments``: every alias's deployments and their health (as this instance sees it)."""
+    await api.admin(req)
+    await _send(api, req, 200, {"object": "list", "data": api.gateway.deployments()})
+
+
 async def openapi(api: SluiceAPI, req: Request) -> None:
     """``/admin/openapi.json``."""
     await api.admin(req)

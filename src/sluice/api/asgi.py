@@ -302,9 +302,23 @@ class SluiceAPI:
         return await self.keys.authenticate(req.token)
 
     @staticmethod
-    def _allowed(principal: Principal, model: str) -> None:
+    def _allowed(principal: Principal, model: str, param: str = "model") -> None:
         if principal.models is not None and model not in principal.models:
-            raise PermissionDenied(f"This key may not use the model '{model}'.", param="model")
+            raise PermissionDenied(f"This key may not use the model '{model}'.", param=param)
+
+    def _routes(self, principal: Principal, model: str, models: tuple[str, ...], mode: str) -> list[Route]:
+        """The request's aliases as routes: its ``model``, then the fallbacks it listed in ``models``,
+        each one the key may use."""
+        self._allowed(principal, model)
+        routes = [self.gateway.route(model, mode)]
+        for name in models:
+            self._allowed(principal, name, "models")
+            try:
+                routes.append(self.gateway.route(name, mode))
+            except SluiceError as err:
+                err.param = "models"
+                raise
+        return routes
 
     @staticmethod
     def _headers(
@@ -339,14 +353,13 @@ class SluiceAPI:
         principal = await self._auth(req)
         raw = await self.read_body(req)
         chat = validate_chat(parse_json_object(raw))
-        self._allowed(principal, chat.model)
-        route = self.gateway.route(chat.model, "chat")
-        entry = self._begin(req, principal, "chat", route, chat.stream, chat.body, len(raw))
+        routes = self._routes(principal, chat.model, chat.models, "chat")
+        entry = self._begin(req, principal, "chat", routes[0], chat.stream, chat.body, len(raw))
         keep = raw if principal.policy.log_content else None
         if chat.stream:
-            await self._relay(req, entry, keep, lambda: self.gateway.chat_stream(chat, route, entry))
+            await self._relay(req, entry, keep, lambda: self.gateway.chat_stream(chat, routes, entry))
         else:
-            await self._complete(req, entry, keep, lambda: self.gateway.chat(chat, route, entry))
+            await self._complete(req, entry, keep, lambda: self.gateway.chat(chat, routes, entry))
 
     async def _complete(
         self, req: Request, entry: Entry, keep: bytes | None, call: Callable[[], Awaitable[Reply]]
@@ -464,11 +477,10 @@ class SluiceAPI:
         principal = await self._auth(req)
         raw = await self.read_body(req)
         emb = validate_embeddings(parse_json_object(raw))
-        self._allowed(principal, emb.model)
-        route = self.gateway.route(emb.model, "embedding")
-        entry = self._begin(req, principal, "embeddings", route, False, emb.body, len(raw))
+        routes = self._routes(principal, emb.model, emb.models, "embedding")
+        entry = self._begin(req, principal, "embeddings", routes[0], False, emb.body, len(raw))
         keep = raw if principal.policy.log_content else None
-        await self._complete(req, entry, keep, lambda: self.gateway.embeddings(emb, route, entry))
+        await self._complete(req, entry, keep, lambda: self.gateway.embeddings(emb, routes, entry))
 
     def _model_card(self, route: Route) -> dict[str, Any]:
         return {"id": route.alias, "object": "model", "created": self._created, "owned_by": route.owned_by}
@@ -552,6 +564,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/admin/spend": {"GET": SluiceAPI._spend},
     "/admin/keys": {"GET": admin_api.keys_collection, "POST": admin_api.keys_collection},
     "/admin/limits": {"GET": admin_api.limits},
+    "/admin/deployments": {"GET": admin_api.deployments},
     "/admin/provider-keys": {"GET": admin_api.provider_keys, "POST": admin_api.provider_keys},
     "/admin/openapi.json": {"GET": admin_api.openapi},
 }

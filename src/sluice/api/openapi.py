@@ -96,6 +96,27 @@ _COUNTER = {
         "reserved_usd": {"type": "string"},
     },
 }
+_NULLABLE_STR = {"type": ["string", "null"]}
+_DEPLOYMENT = {
+    "type": "object",
+    "required": ["alias", "strategy", "id", "provider", "model", "state", "ejected_until"],
+    "properties": {
+        "alias": {"type": "string"},
+        "strategy": {"enum": ["priority", "weighted", "lowest-latency", "lowest-cost"]},
+        "id": {"type": "string", "description": "provider/model: health is kept per deployment"},
+        "provider": {"type": "string"},
+        "model": {"type": "string"},
+        "weight": {"type": "integer"},
+        "state": {"enum": ["healthy", "ejected", "probing"]},
+        "ejected_until": {**_NULLABLE_STR, "description": "ISO 8601 UTC, while ejected"},
+        "consecutive_failures": {"type": "integer"},
+        "ejections": {"type": "integer", "description": "In a row; each doubles the next ejection"},
+        "attempts": {"type": "integer"},
+        "errors": {"type": "integer"},
+        "error_rate": {"type": "number", "description": "Moving average of failures (0 to 1)"},
+        "latency_ms": {"type": ["number", "null"], "description": "Moving average of successful calls"},
+    },
+}
 
 
 def _json(schema: str) -> dict[str, Any]:
@@ -150,6 +171,7 @@ def admin_openapi() -> dict[str, Any]:
                 **_schemas(KeyCreate, KeyChange),
                 "Key": _KEY,
                 "Counter": _COUNTER,
+                "Deployment": _DEPLOYMENT,
                 "ProviderKey": _PROVIDER_KEY,
                 "NewProviderKey": _NEW_PROVIDER_KEY,
                 "Error": _ERROR,
@@ -197,6 +219,9 @@ def admin_openapi() -> dict[str, Any]:
                     **_op("Budget counters", _list_of("Counter")),
                     "parameters": [{"name": "scope", "in": "query", "schema": {"type": "string"}}],
                 }
+            },
+            "/admin/deployments": {
+                "get": _op("Deployments and their health, as this instance sees it", _list_of("Deployment"))
             },
         },
     }

@@ -77,6 +77,30 @@ COLUMNS = (
 
 
 @dataclass(slots=True)
+class Attempt:
+    """An upstream call that failed before another took over (the last call is the entry's own)."""
+
+    provider: str
+    model: str
+    http_status: int  # the provider's status (0: no answer)
+    error_code: str | None
+    latency_us: int
+    cost_nanos: int = 0  # what the provider may have billed for it (0: it did not)
+
+    def as_dict(self, status: str) -> dict[str, Any]:
+        """The attempt as the ledger's ``attempts`` column lists it."""
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "status": status,
+            "http_status": self.http_status,
+            "error_code": self.error_code,
+            "latency_us": self.latency_us or None,
+            "cost_nanos": self.cost_nanos,
+        }
+
+
+@dataclass(slots=True)
 class Entry:
     """A request as the ledger records it (mutated by the request's own task only)."""
 
@@ -118,6 +142,9 @@ class Entry:
     scopes: tuple[Scope, ...] = ()  # the budgets it counts in (with limits), known at the edge
     output_cap: int = 0  # the most output tokens the provider may produce (the request's cap or ours)
     hold: Hold | None = None  # the reservation on those budgets, settled with the entry
+    provider_hold: Hold | None = None  # the reservation on the serving provider account's limits
+    attempts: list[Attempt] | None = None  # upstream calls that failed before this one (fallback)
+    prior_nanos: int = 0  # what those may have cost (in ``cost_nanos`` once settled)
 
     @property
     def settled(self) -> bool:
@@ -166,19 +193,25 @@ class Entry:
             self.reserved_output_tokens,
         )
 
+    @property
+    def attempt_count(self) -> int:
+        """Upstream calls made so far (0: none yet)."""
+        return (len(self.attempts) if self.attempts else 0) + (1 if self.provider else 0)
+
     def _attempts_json(self) -> str | None:
-        """The upstream calls made (one today; fallback will add more), built by the ledger's writer."""
+        """The upstream calls made, in order, built by the ledger's writer."""
         if not self.provider or not self.settled:
             return None
-        one = {
-            "provider": self.provider,
-            "model": self.model,
-            "status": self.status,
-            "http_status": self.upstream_status,
-            "error_code": self.error_code,
-            "latency_us": self.upstream_us or None,
-        }
-        return orjson.dumps((one,)).decode()
+        last = Attempt(
+            self.provider,
+            self.model,
+            self.upstream_status,
+            self.error_code,
+            self.upstream_us,
+            self.cost_nanos - self.prior_nanos,
+        ).as_dict(self.status)
+        earlier = [a.as_dict("failed") for a in self.attempts] if self.attempts else []
+        return orjson.dumps([*earlier, last]).decode()
 
 
 def wall_clock_us() -> int:

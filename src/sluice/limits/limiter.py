@@ -137,10 +137,9 @@ class Limiter:
             out.append(self._all)
         return tuple(out)
 
-    def need(self, entry: Entry, body_bytes: int) -> Need:
-        """The request's worst case (also recorded on the entry, so a crash settles at it)."""
-        self.record(entry, body_bytes)
-        return Need(entry.reserved_nanos, entry.reserved_input_tokens + entry.reserved_output_tokens)
+    def prompt_tokens(self, body_bytes: int) -> int:
+        """The prompt tokens reserved for a body of this size (a bound)."""
+        return -(-body_bytes // self._bytes_per_token)
 
     def record(self, entry: Entry, body_bytes: int) -> None:
         """Record the request's worst case on its entry (a row a crash leaves pending is settled at it)."""
@@ -159,29 +158,50 @@ class Limiter:
             or (self._reloading and entry.key_id in self._reloading)
         )
 
-    async def admit(self, entry: Entry, scopes: tuple[Scope, ...], body_bytes: int) -> None:
-        """Reserve the worst case on every scope (raises the refusal of a full one; nothing reserved)."""
+    def limits_provider(self, provider: str) -> bool:
+        """True if the provider account has limits of its own (reserved per attempt)."""
+        return bool(self._providers) and provider in self._providers
+
+    def need(self, entry: Entry, body_bytes: int) -> Need:
+        """The request's worst case (also recorded on the entry, so a crash settles at it)."""
+        self.record(entry, body_bytes)
+        return Need(entry.reserved_nanos, entry.reserved_input_tokens + entry.reserved_output_tokens)
+
+    async def admit(self, entry: Entry, scopes: tuple[Scope, ...], body_bytes: int | None = None) -> None:
+        """Reserve the worst case recorded on the entry (first recorded from ``body_bytes`` when given) on
+        every scope, and the first provider account's (``entry.provider``), at once (raises the refusal
+        of a full one; nothing reserved). A fallback to another account reserves there
+        (``admit_provider``)."""
+        if body_bytes is not None:
+            self.record(entry, body_bytes)
         if self._reloading and entry.key_id in self._reloading:
             await self._reloading[entry.key_id].wait()  # its limits changed: wait for its counters
-        need = self.need(entry, body_bytes)
         provider = self._providers.get(entry.provider)
         if provider is not None:
             scopes = (*scopes, provider)
         if scopes:
             try:
-                if self._ledger is not None and not self._ledger.healthy:
-                    raise CountersUnavailable(
-                        "This request has a budget, and the ledger that records spend cannot be written; "
-                        "it was not sent. Retry shortly.",
-                        headers={"retry-after": "2"},
-                    )
-                if self.counters.remote:
-                    entry.hold = await self._reserve_remotely(scopes, need, entry.ts_us)
-                else:  # runs to completion without yielding: nothing to orphan
-                    entry.hold = await self.counters.reserve(scopes, need, entry.ts_us)
+                entry.hold = await self._reserve(scopes, entry)
             except SluiceError:
                 entry.reserved_nanos = entry.reserved_input_tokens = entry.reserved_output_tokens = 0
                 raise  # refused: nothing was reserved
+
+    async def admit_provider(self, entry: Entry, provider: str) -> Hold:
+        """Reserve the request's worst case on another provider account's limits, before falling back to
+        it (the first account's reservation, made at admission, stays: that account was called)."""
+        return await self._reserve((self._providers[provider],), entry)
+
+    async def _reserve(self, scopes: tuple[Scope, ...], entry: Entry) -> Hold:
+        if self._ledger is not None and not self._ledger.healthy:
+            raise CountersUnavailable(
+                "This request has a budget, and the ledger that records spend cannot be written; "
+                "it was not sent. Retry shortly.",
+                headers={"retry-after": "2"},
+            )
+        need = Need(entry.reserved_nanos, entry.reserved_input_tokens + entry.reserved_output_tokens)
+        if self.counters.remote:
+            return await self._reserve_remotely(scopes, need, entry.ts_us)
+        return await self.counters.reserve(scopes, need, entry.ts_us)  # never yields: nothing to orphan
 
     async def _reserve_remotely(self, scopes: tuple[Scope, ...], need: Need, ts_us: int) -> Hold:
         """Reserve over the network; if this request is cancelled meanwhile (its client left), the
@@ -197,12 +217,20 @@ class Limiter:
         if not call.cancelled() and call.exception() is None:
             self.counters.settle(call.result(), 0, 0)
 
+    def settle_hold(self, hold: Hold, nanos: int, tokens: int) -> None:
+        """Replace one reservation (a provider account's, for an attempt that failed) with its cost."""
+        self.counters.settle(hold, nanos, tokens)
+
     def settle(self, entry: Entry) -> None:
-        """Replace the request's reservation with its actual cost and tokens."""
+        """Replace the request's reservations with its actual cost and tokens."""
+        tokens = entry.usage.input_tokens + entry.usage.output_tokens
+        if entry.provider_hold is not None:  # the serving account: the last attempt's own cost
+            self.counters.settle(entry.provider_hold, entry.cost_nanos - entry.prior_nanos, tokens)
+            entry.provider_hold = None
         hold: Hold | None = entry.hold
         if hold is None:
             return
-        self.counters.settle(hold, entry.cost_nanos, entry.usage.input_tokens + entry.usage.output_tokens)
+        self.counters.settle(hold, entry.cost_nanos, tokens)
         if entry.cost_nanos > hold.need.nanos:
             log.warning(
                 "request %s cost %d n$, more than the %d n$ reserved (overshoot is recorded in the ledger)",

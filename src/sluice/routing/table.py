@@ -23,16 +23,24 @@ class Deployment:
     target: Target
     adapter: Adapter
     pricer: Pricer
+    weight: int = 1  # share of traffic under the weighted strategy
+    allow_pricier: bool = False  # may serve as a fallback above the alias's price ratio
+    id: str = ""  # "provider/upstream-model": its health is kept under this name
+
+
+Strategy = Literal["priority", "weighted", "lowest-latency", "lowest-cost"]
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A public model and its deployments in order (the first is used; later ones are fallbacks)."""
+    """A public model and the deployments that serve it (ordered per request by ``strategy``)."""
 
     alias: str
     mode: Literal["chat", "embedding"]
     deployments: tuple[Deployment, ...]
     owned_by: str
+    strategy: Strategy = "priority"
+    max_price_ratio: Decimal = Decimal(2)
 
 
 def _rates(price: PriceSettings | None) -> Rates | None:
@@ -80,6 +88,12 @@ def build_routes(
                 anthropic_version=prov.anthropic_version,
             )
             pricer = pricer_for(dep, prov.preset, sheets.get((prov.preset, dep.model)))
-            deps.append(Deployment(target, ADAPTERS[preset.dialect], pricer))
-        routes[model.name] = Route(model.name, model.mode, tuple(deps), deps[0].target.preset)
+            dep_id = f"{prov.name}/{dep.model}"
+            deps.append(
+                Deployment(target, ADAPTERS[preset.dialect], pricer, dep.weight, dep.allow_pricier, dep_id)
+            )
+        ratio = model.max_price_ratio or config.routing.max_price_ratio
+        routes[model.name] = Route(
+            model.name, model.mode, tuple(deps), deps[0].target.preset, model.strategy, ratio
+        )
     return routes

@@ -16,11 +16,10 @@ from sluice.errors import InvalidRequest
 
 # Fields that would let a request choose the upstream host or credentials: always refused.
 _UPSTREAM_CHOSEN = "the upstream is chosen by the gateway's configuration, not by the request."
-# OpenRouter's fallback list and routing would make the provider serve another model than the configured
-# one, bypassing the key's model list and the deployment's price. Fallback is declared in our config.
-_MODEL_CHOSEN = (
-    "the models a request may reach are chosen by the gateway's configuration (declare fallbacks there)."
-)
+# OpenRouter's provider routing would make the provider choose what serves the request, bypassing the
+# key's model list and the deployment's price. (Its ``models`` fallback list is ours to honour: below.)
+_MODEL_CHOSEN = "the provider that serves a request is chosen by the gateway's configuration."
+MAX_MODELS = 8  # aliases a request may list as its own fallbacks
 # Fields a request may not send, each with the reason given back.
 FORBIDDEN_FIELDS: dict[str, str] = {
     **dict.fromkeys(
@@ -35,7 +34,7 @@ FORBIDDEN_FIELDS: dict[str, str] = {
         ),
         _UPSTREAM_CHOSEN,
     ),
-    **dict.fromkeys(("models", "route"), _MODEL_CHOSEN),
+    "route": _MODEL_CHOSEN,
 }
 MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _TOOL_CHOICE_STRINGS = frozenset({"none", "auto", "required"})
@@ -53,6 +52,7 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     n: int
+    models: tuple[str, ...] = ()  # further aliases to fall back to, in order (OpenRouter's ``models``)
 
 
 @dataclass(slots=True)
@@ -62,6 +62,7 @@ class EmbeddingRequest:
     body: dict[str, Any]
     model: str
     encoding_format: str
+    models: tuple[str, ...] = ()
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -281,6 +282,18 @@ def _check_common(body: dict[str, Any]) -> str:
     return model
 
 
+def _fallback_models(body: dict[str, Any], model: str) -> tuple[str, ...]:
+    """The request's own fallback aliases (``models``), removed from the body sent upstream."""
+    models = body.pop("models", None)
+    if models is None:
+        return ()
+    if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+        raise _bad("models", "an array of non-empty strings")
+    if len(models) > MAX_MODELS:
+        raise _range("models", f"must list at most {MAX_MODELS} models, got {len(models)}")
+    return tuple(m for m in dict.fromkeys(models) if m != model)
+
+
 def validate_chat(body: dict[str, Any]) -> ChatRequest:
     """Check a chat completion body; raise ``InvalidRequest`` naming the first bad parameter."""
     model = _check_common(body)
@@ -307,7 +320,8 @@ def validate_chat(body: dict[str, Any]) -> ChatRequest:
             raise _bad("stream_options.include_usage", "a boolean")
         include_usage = flag is True
     n = body.get("n")
-    return ChatRequest(body, model, stream, include_usage, n if isinstance(n, int) else 1)
+    models = _fallback_models(body, model)
+    return ChatRequest(body, model, stream, include_usage, n if isinstance(n, int) else 1, models)
 
 
 def validate_embeddings(body: dict[str, Any]) -> EmbeddingRequest:
@@ -329,7 +343,7 @@ def validate_embeddings(body: dict[str, Any]) -> EmbeddingRequest:
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise _bad("user", "a string")
-    return EmbeddingRequest(body, model, fmt)
+    return EmbeddingRequest(body, model, fmt, _fallback_models(body, model))
 
 
 def _check_embedding_input(v: Any) -> None:
