@@ -51,6 +51,15 @@ class Emulator:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.requests = 0
+        self.by_model: dict[str, int] = {}  # requests per upstream model name
+
+    def set_model_faults(self, model: str, spec: str | None) -> None:
+        """Change (or, with None, clear) the faults of one upstream model while running: a provider that
+        goes down, then recovers."""
+        if spec is None:
+            self._model_faults.pop(model, None)
+        else:
+            self._model_faults[model] = parse_spec(spec, self._defaults)
 
     @property
     def url(self) -> str:
@@ -139,12 +148,17 @@ class Emulator:
                 raise TypeError("not an object")
         except (orjson.JSONDecodeError, TypeError):
             return _error(flavor, 400, Faults(), "We could not parse the JSON body of your request.")
+        model = body.get("model")
+        if isinstance(model, str):
+            self.by_model[model] = self.by_model.get(model, 0) + 1
         try:
-            f = self._faults(incoming, body.get("model"))
+            f = self._faults(incoming, model)
         except ValueError as exc:
             return _error(flavor, 400, Faults(), str(exc))
         if f.hang:
             return Plan(hang=True)
+        if f.reset:
+            return Plan(reset=True)
         if f.html:
             return Plan(status=502, body=_HTML_502, content_type="text/html", latency=f.latency_ms / 1000)
         if flavor not in _NO_AUTH and not _has_auth(incoming.headers):

@@ -30,6 +30,7 @@ class Faults:
     no_usage: bool = False  # omit usage everywhere
     html: bool = False  # answer 502 with an HTML page
     hang: bool = False  # accept the request and never answer
+    reset: bool = False  # drop the connection without answering (a reset)
     echo_key: bool = False  # put the presented API key in the error message (as some providers do)
     garbled: bool = False  # valid JSON of the wrong shape (Anthropic: content blocks that are not objects)
     tokens: int = 16  # completion length in tokens (words)

@@ -42,6 +42,7 @@ class Plan:
     cut_after: int = -1
     hang: bool = False
     close: bool = False  # close the connection once this answer is written
+    reset: bool = False  # close the connection at once, answering nothing
 
 
 Handler = Callable[[Incoming], Plan]
@@ -150,6 +151,10 @@ class _Connection(asyncio.Protocol):
         while True:
             if plan.hang:
                 self._hung = True  # never answer, nor anything pipelined behind it
+                return
+            if plan.reset:
+                if self._transport is not None:
+                    self._transport.abort()
                 return
             if plan.frames is not None or plan.latency > 0:
                 break
