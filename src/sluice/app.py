@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import orjson
+
 from sluice.accounting import Accounting
 from sluice.api.asgi import SluiceAPI
 from sluice.config_file import resolve_secret
@@ -26,7 +28,7 @@ from sluice.pricebook import load_sheets
 from sluice.providers.presets import PRESETS
 from sluice.routing.table import Route, build_routes
 from sluice.settings import Config, ProviderSettings
-from sluice.store.broadcast import PROVIDER_KEYS_CHANGED, KeyBroadcast
+from sluice.store.broadcast import HEALTH_PREFIX, PROVIDER_KEYS_CHANGED, KeyBroadcast
 from sluice.store.counters_redis import RedisCounters
 from sluice.store.keys import KeyRow, KeyStore
 from sluice.store.ledger_postgres import PostgresLedger
@@ -183,6 +185,14 @@ async def unshared_budgets(config: Config, limiter: Limiter, keys: KeyService) -
     return None
 
 
+async def _quietly(call: Awaitable[object]) -> None:
+    """Best effort: a notice that cannot be sent (Redis away) is logged, not raised."""
+    try:
+        await call
+    except Exception:  # the notice is advice; every instance still judges deployments itself
+        log.warning("could not tell the other instances about a deployment's health", exc_info=True)
+
+
 def create_app(
     config: Config,
     environ: Mapping[str, str],
@@ -222,15 +232,36 @@ def create_app(
         if broadcast is not None:
             await broadcast.publish(PROVIDER_KEYS_CHANGED)
 
+    background: set[asyncio.Task[None]] = set()  # notices sent and reloads run off the request path
+
+    def spawn(work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    if broadcast is not None:
+        loud = broadcast  # ejections and re-admissions told to every instance
+
+        def tell(dep_id: str, seconds: float, ejections: int) -> None:
+            note = orjson.dumps({"id": dep_id, "s": seconds, "n": ejections}).decode()
+            spawn(_quietly(loud.publish(HEALTH_PREFIX + note)))
+
+        gateway.on_health = tell
+
     def heard(message: str) -> None:
-        if message == PROVIDER_KEYS_CHANGED:
-            reloads.add(asyncio.create_task(load_provider_keys()))
-            for task in [t for t in reloads if t.done()]:
-                reloads.discard(task)
+        if message.startswith(HEALTH_PREFIX):
+            try:
+                note = orjson.loads(message[len(HEALTH_PREFIX) :])
+                dep_id, seconds, ejections = str(note["id"]), float(note["s"]), int(note["n"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignored a malformed deployment-health notice")
+                return
+            gateway.health.told(dep_id, seconds, ejections, asyncio.get_running_loop().time())
+        elif message == PROVIDER_KEYS_CHANGED:
+            spawn(load_provider_keys())
         else:
             svc.keys.forget(message)
 
-    reloads: set[asyncio.Task[None]] = set()
     accounting = Accounting(ledger, metrics, limiter)
 
     async def ready() -> dict[str, bool]:

@@ -246,6 +246,9 @@ class Gateway:
         self.settings = routing or RoutingSettings()
         self.metrics = metrics or Metrics()
         self.health = Health(self.settings)
+        for route in routes.values():  # every deployment known from the start (another instance may
+            for dep in route.deployments:  # report on one this process has not used yet)
+                self.health.state_of(dep)
         self.budget = RetryBudget(self.settings.retry_budget_ratio, self.settings.retry_budget_min)
         self.rng = random.Random()  # load spreading and jitter, not secrets
         # told when this process ejects or re-admits a deployment (dep id, seconds ejected, ejections)

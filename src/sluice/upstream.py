@@ -312,25 +312,26 @@ class Upstream:
         return call.headers or None
 
     async def fetch(self, provider: str, call: UpstreamCall, deadline: float | None = None) -> Fetched:
-        """POST a non-stream call and read the whole answer, all under the ``total`` deadline (and the
-        request's own ``deadline``, loop time, when it has one)."""
+        """POST a non-stream call: the answer's headers under the ``first_byte`` deadline, the whole
+        answer under ``total`` (and the request's own ``deadline``, loop time, when it has one)."""
         endpoint = self._endpoints[provider]
         session = self._session(endpoint)
         key = self._auth(provider)
-        loop = asyncio.get_running_loop()
-        until = loop.time() + endpoint.timeouts.total
+        t = endpoint.timeouts
+        now = asyncio.get_running_loop().time()
+        until = now + t.total if deadline is None else min(now + t.total, deadline)
         with _transport_errors(provider):
-            async with (
-                asyncio.timeout_at(until if deadline is None else min(until, deadline)),
-                session.post(
-                    self._url(endpoint, call.path),
-                    data=call.body,
-                    headers=self._headers(call, key, stream=False),
-                    allow_redirects=False,  # a redirect would carry the key and the prompt to another host
-                ) as resp,
-            ):
-                body = await _read_all(resp, MAX_RESPONSE_BYTES, provider)
-                return Fetched(resp.status, resp.headers, body, key.id if key is not None else "")
+            async with asyncio.timeout_at(until):
+                async with asyncio.timeout_at(min(now + t.first_byte, until)):
+                    resp = await session.post(
+                        self._url(endpoint, call.path),
+                        data=call.body,
+                        headers=self._headers(call, key, stream=False),
+                        allow_redirects=False,  # a redirect would carry the key and prompt to another host
+                    )
+                async with resp:
+                    body = await _read_all(resp, MAX_RESPONSE_BYTES, provider)
+                    return Fetched(resp.status, resp.headers, body, key.id if key is not None else "")
 
     def _session(self, endpoint: ProviderEndpoint) -> aiohttp.ClientSession:
         session = self._sessions.get(endpoint.name)

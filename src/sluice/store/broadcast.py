@@ -4,7 +4,8 @@ When an instance changes a key (rotate, block, revoke, new limits) it publishes 
 every instance drops that digest from its cache, so the change takes effect everywhere within a round
 trip instead of within ``server.key_cache_ttl_s``. The TTL still bounds it if a message is missed
 (Redis away, a subscriber reconnecting). A stored provider key added or removed is announced the same
-way, and every instance reloads the provider keys.
+way, and every instance reloads the provider keys. A deployment one instance ejects (or re-admits) is
+told to the others the same way, so they stop sending it traffic too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sluice.aio import cancel_and_wait
 log = logging.getLogger("sluice.keys")
 CHANNEL = "sluice:keys"
 PROVIDER_KEYS_CHANGED = "provider-keys"  # a message that is not a digest: reload the stored provider keys
+HEALTH_PREFIX = "health "  # + JSON {id, s, n}: a deployment ejected for s seconds (0: back in service)
 
 
 class KeyBroadcast:
