@@ -31,13 +31,12 @@ TIMEOUTS = "{connect: 1, first_byte: 1, idle: 1, total: 6}"
 
 
 def _config(emu: Emulator, data_dir: Path) -> str:
-    models = []
-    for alias in ALIASES:
-        models.append(
-            f"  - name: {alias}\n    deployments:\n"
-            f"      - {{provider: openai, model: {alias}-p, price: {CHEAP}}}\n"
-            f"      - {{provider: deepseek, model: {alias}-f, price: {CHEAP}}}\n"
-        )
+    models = [
+        f"  - name: {alias}\n    deployments:\n"
+        f"      - {{provider: openai, model: {alias}-p, price: {CHEAP}}}\n"
+        f"      - {{provider: deepseek, model: {alias}-f, price: {CHEAP}}}\n"
+        for alias in ALIASES
+    ]
     models.append(
         "  - name: pricey\n    deployments:\n"
         f"      - {{provider: openai, model: pricey-p, price: {CHEAP}}}\n"
@@ -90,7 +89,7 @@ class Served:
     def deployment(self, dep_id: str) -> dict[str, Any]:
         status, body, _ = admin_call(self.root, "GET", "/admin/deployments")
         assert status == 200
-        found = [d for d in body["data"] if d["id"] == dep_id]
+        found: list[dict[str, Any]] = [d for d in body["data"] if d["id"] == dep_id]
         assert found, dep_id
         return found[0]
 
@@ -102,7 +101,8 @@ class Served:
                 row = db.execute("SELECT * FROM ledger WHERE request_id = ?", (request_id,)).fetchone()
             if (row is not None and row["status"] != "pending") or time.monotonic() > deadline:
                 assert row is not None, request_id
-                return dict(row)
+                found: dict[str, Any] = dict(row)
+                return found
             time.sleep(0.05)
 
     def metrics(self) -> str:
@@ -222,9 +222,11 @@ def test_a_budget_refusal_is_not_retried(served: Served) -> None:
         served.root, "POST", "/admin/keys", {"name": "tiny", "limits": {"usd": {"day": "0.000001"}}}
     )
     assert status == 201
-    with openai.OpenAI(base_url=served.server.base_url, api_key=made["key"], max_retries=0) as c:
-        with pytest.raises(openai.RateLimitError) as exc:
-            c.chat.completions.create(model="budget", messages=[{"role": "user", "content": "hi"}])
+    with (
+        openai.OpenAI(base_url=served.server.base_url, api_key=made["key"], max_retries=0) as c,
+        pytest.raises(openai.RateLimitError) as exc,
+    ):
+        c.chat.completions.create(model="budget", messages=[{"role": "user", "content": "hi"}])
     assert exc.value.code == "budget_exceeded"
     assert exc.value.response.headers["x-should-retry"] == "false"
     assert served.calls("budget-p") == served.calls("budget-f") == 0
@@ -276,13 +278,13 @@ def test_a_models_list_falls_back_within_what_the_key_allows(served: Served) -> 
             served.root, "POST", "/admin/keys", {"name": "narrow", "models": ["solo"]}
         )
         assert status == 201
-        with openai.OpenAI(base_url=served.server.base_url, api_key=made["key"], max_retries=0) as c:
-            with pytest.raises(openai.PermissionDeniedError) as denied:
-                c.chat.completions.create(
-                    model="solo",
-                    messages=[{"role": "user", "content": "hi"}],
-                    extra_body={"models": ["other"]},
-                )
+        with (
+            openai.OpenAI(base_url=served.server.base_url, api_key=made["key"], max_retries=0) as c,
+            pytest.raises(openai.PermissionDeniedError) as denied,
+        ):
+            c.chat.completions.create(
+                model="solo", messages=[{"role": "user", "content": "hi"}], extra_body={"models": ["other"]}
+            )
         assert denied.value.status_code == 403
         body = denied.value.body
         assert isinstance(body, dict) and body["param"] == "models"

@@ -117,6 +117,7 @@ class Health:
         """The attempt failed; returns how long the deployment is now ejected for (0: it is not)."""
         st.attempts += 1
         if not counts_against(upstream_status):
+            st.probe_since = 0.0  # a probe that proved nothing: the next request may probe
             return 0.0
         st.errors += 1
         st.error_rate += _EWMA * (1 - st.error_rate)
