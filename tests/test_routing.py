@@ -26,7 +26,10 @@ from tests.conftest import ADMIN_KEY, ServerThread, admin_call, provider_env
 # Cheap everywhere except the "dear" deployments, ten times the price.
 CHEAP = "{input: 1, output: 2}"
 DEAR = "{input: 10, output: 20}"
-ALIASES = ("fb", "timeout", "reset", "eject", "client", "notfound", "budget", "ledger", "sfb", "cut")
+ALIASES = (
+    *("fb", "timeout", "reset", "eject", "client", "notfound", "budget", "ledger", "cut"),
+    *("s-503", "s-reset", "s-cut", "s-error", "s-slow", "s-late"),
+)
 TIMEOUTS = "{connect: 1, first_byte: 1, idle: 1, total: 6}"
 
 
@@ -296,21 +299,63 @@ def test_a_models_list_falls_back_within_what_the_key_allows(served: Served) -> 
         served.emu.set_model_faults("solo-p", None)
 
 
-def test_a_stream_that_fails_before_content_falls_back_invisibly(served: Served) -> None:
-    served.emu.set_model_faults("sfb-p", "status=503")
+@pytest.mark.parametrize(
+    ("alias", "fault"),
+    [
+        ("s-503", "status=503"),
+        ("s-reset", "reset=1"),
+        ("s-cut", "cut_after=1"),  # the role chunk, then the connection drops
+        ("s-error", "mid_error=1"),  # the role chunk, then an in-stream error
+        ("s-slow", "latency_ms=3000"),  # no response headers within first_byte (1 s)
+    ],
+)
+def test_a_stream_that_fails_before_content_falls_back_invisibly(
+    served: Served, alias: str, fault: str
+) -> None:
+    served.emu.set_model_faults(f"{alias}-p", fault)
     try:
         with served.client.chat.completions.with_streaming_response.create(
-            model="sfb",
+            model=alias,
             messages=[{"role": "user", "content": "hello"}],
             stream=True,
             stream_options={"include_usage": True},
         ) as response:
-            assert _served_by(response) == ("deepseek", "sfb-f", "2")
+            assert _served_by(response) == ("deepseek", f"{alias}-f", "2")
+            request_id = response.headers["x-sluice-request-id"]
             chunks = list(response.parse())
     finally:
-        served.emu.set_model_faults("sfb-p", None)
+        served.emu.set_model_faults(f"{alias}-p", None)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert chunks[-1].usage is not None
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.role) == 1  # one answer, not two
+    row = served.ledger_row(request_id)
+    first, second = orjson.loads(row["attempts"])
+    assert (first["model"], first["status"], second["model"], second["status"]) == (
+        f"{alias}-p",
+        "failed",
+        f"{alias}-f",
+        "ok",
+    )
+    # an error status is not billed; a reset, a timeout or a broken stream may be: its prompt, estimated
+    assert (first["cost_nanos"] == 0) == (fault == "status=503")
+
+
+def test_a_stream_silent_past_the_commit_window_is_committed(served: Served) -> None:
+    """Headers at once, then no first event: after stream_commit_s (0.5 s) the stream is committed to
+    (the client has its 200), so its failure at first_byte (1 s) is an SSE error, not a fallback."""
+    served.emu.set_model_faults("s-late-p", "ttft_ms=3000")
+    try:
+        with served.client.chat.completions.with_streaming_response.create(
+            model="s-late", messages=[{"role": "user", "content": "hello"}], stream=True
+        ) as response:
+            assert _served_by(response) == ("openai", "s-late-p", "1")
+            text = response.read().decode()
+    finally:
+        served.emu.set_model_faults("s-late-p", None)
+    assert "[DONE]" not in text
+    error = orjson.loads(text.strip().split("\n\n")[-1].removeprefix("data: "))
+    assert error["error"]["code"] == "upstream_timeout"
+    assert served.calls("s-late-f") == 0
 
 
 def test_a_stream_cut_after_five_chunks_ends_with_an_error_and_no_done(served: Served) -> None:

@@ -16,7 +16,7 @@ import time
 from sluice.errors import ModelUnpriced, SluiceError
 from sluice.keys.policy import Attribution
 from sluice.keys.service import Principal
-from sluice.ledger.entry import ERROR, OK, REFUSED, Entry
+from sluice.ledger.entry import OK, REFUSED, Entry
 from sluice.ledger.sink import Content, Ledger
 from sluice.limits.limiter import Limiter
 from sluice.metrics import Metrics
@@ -113,8 +113,8 @@ class Accounting:
         pricer = entry.pricer
         if pricer is None or status == REFUSED or (error is not None and error.code == UNREACHABLE):
             return None  # never reached a provider
-        if status == ERROR and entry.upstream_status not in (0, 200):
-            return None  # the provider refused it: not billed
+        if entry.upstream_status not in (0, 200):
+            return None  # the provider answered with an error: not billed
         usage = tokens
         if status != OK or usage is None:
             usage = estimated(tokens, entry.input_estimate, delivered)

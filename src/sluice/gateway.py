@@ -315,21 +315,19 @@ class Gateway:
             except (BudgetExceeded, LimitReached) as err:
                 account = f"provider:{entry.provider}"
                 if err.headers.get("x-sluice-limit-scope") != account or not self._skip(entry, walk):
-                    entry.pricer = None  # never reached a provider: nothing to charge
-                    raise
+                    raise  # refused: nothing reserved, no provider called, nothing to charge
                 self.metrics.count("skipped", entry.alias, account[9:], "provider_limit")
-            except BaseException:  # refused, or the client left while the counters were asked
-                entry.pricer = None
-                raise
         walk.held = entry.provider
         self._ledger.open(entry)
         return walk
 
     @staticmethod
     def _enter(entry: Entry, dep: Deployment) -> None:
+        """The entry now describes an attempt on ``dep``; it has no price (nothing to charge) until the
+        call is made."""
         entry.provider = dep.target.provider
         entry.model = dep.target.upstream_model
-        entry.pricer = dep.pricer
+        entry.pricer = None
         entry.upstream_status = 0
         entry.upstream_us = 0
 
@@ -381,6 +379,7 @@ class Gateway:
         walk.tried.add(dep.id)
         walk.spare_key = False
         walk.retry_after = 0.0
+        entry.pricer = dep.pricer  # from here the provider may be reached (and may bill)
         t0 = time.perf_counter_ns()
         result = await one(dep, walk)
         if self.health.succeeded(st, _since(t0)):
@@ -434,13 +433,13 @@ class Gateway:
                 log.warning("retry budget exhausted: request %s not retried", entry.request_id)
                 return False
             walk.retry = True
+        if pause:  # the failed attempt stays the entry's own meanwhile: a client leaving now settles it
+            await asyncio.sleep(pause)
         self._retire(entry, err)
         if nxt != walk.index:
             self.metrics.count("fallback", entry.alias, walk.candidates[nxt].dep.target.provider)
         walk.index = nxt
         self._enter(entry, walk.current.dep)
-        if pause:
-            await asyncio.sleep(pause)
         return True
 
     def _next(self, walk: Walk, now: float) -> int | None:
