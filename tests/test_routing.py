@@ -34,6 +34,8 @@ TIMEOUTS = "{connect: 1, first_byte: 1, idle: 1, total: 6}"
 
 
 def _config(emu: Emulator, data_dir: Path) -> str:
+    """Every alias in ALIASES as openai ``<alias>-p`` then deepseek ``<alias>-f``, and a few special ones.
+    The retry budget is generous: these tests check what is retried (test_routing_load checks how much)."""
     models = [
         f"  - name: {alias}\n    deployments:\n"
         f"      - {{provider: openai, model: {alias}-p, price: {CHEAP}}}\n"
@@ -66,7 +68,7 @@ def _config(emu: Emulator, data_dir: Path) -> str:
         f"  - {{name: slow, preset: openai, base_url: '{emu.base_url('openai')}', "
         "api_key: env:EMU_OPENAI_KEY, timeouts: {connect: 1, first_byte: 30, idle: 30, total: 2}}\n"
         "models:\n" + "".join(models) + "routing: {eject_after: 3, eject_base_s: 1, backoff_base_ms: 10, "
-        "stream_commit_s: 0.5, retry_after_max_s: 2}\n"
+        "stream_commit_s: 0.5, retry_after_max_s: 2, retry_budget_min: 100}\n"
     )
 
 

@@ -400,10 +400,10 @@ def test_state_of_creates_healthy_states_keyed_by_deployment_id() -> None:
 # --- 3. RetryBudget -----------------------------------------------------------------------------------------
 
 
-def acquired(budget: RetryBudget) -> int:
+def acquired(budget: RetryBudget, now: float = T0) -> int:
     """How many retry slots can be taken now (then given back)."""
     n = 0
-    while budget.acquire():
+    while budget.acquire(now):
         n += 1
         assert n <= 1000
     for _ in range(n):
@@ -411,30 +411,64 @@ def acquired(budget: RetryBudget) -> int:
     return n
 
 
+def in_flight(budget: RetryBudget, requests: int, now: float = T0) -> RetryBudget:
+    """``requests`` requests arrive and stay in their attempt loop."""
+    for _ in range(requests):
+        budget.arrived(now)
+    return budget
+
+
 @pytest.mark.parametrize("active", range(11))
 def test_retry_budget_minimum_when_few_requests(active: int) -> None:
     """ratio 0.2 × up to 10 requests ≤ 2 < minimum 3: the minimum applies."""
-    budget = RetryBudget(0.2, 3)
-    budget.active = active
+    budget = in_flight(RetryBudget(0.2, 3), active)
     assert acquired(budget) == 3
 
 
 def test_retry_budget_ratio_when_many_requests() -> None:
-    budget = RetryBudget(0.2, 3)
-    budget.active = 100
-    assert acquired(budget) == 20
+    budget = in_flight(RetryBudget(0.2, 3), 100)
+    assert acquired(budget) == 20  # in flight: 20 % of 100 (the window would allow 3 + 20)
 
 
 def test_retry_budget_release_frees_a_slot() -> None:
-    budget = RetryBudget(0.2, 3)
-    budget.active = 5
+    budget = in_flight(RetryBudget(0.2, 3), 5)
     for _ in range(3):
-        assert budget.acquire()
-    assert not budget.acquire()
+        assert budget.acquire(T0)
+    assert not budget.acquire(T0)
     assert budget.retrying == 3
     budget.release()
-    assert budget.acquire()
-    assert not budget.acquire()
+    assert budget.acquire(T0)
+    assert not budget.acquire(T0)
+
+
+def test_retry_budget_bounds_retries_over_time_however_fast_they_end() -> None:
+    """Requests that fail at once and retry at once never hold a slot long; the window still bounds the
+    retries they make to minimum + ratio x requests."""
+    budget = RetryBudget(0.2, 3, window_s=10)
+    retries = 0
+    for i in range(2000):
+        now = T0 + i * 0.004  # 2,000 requests in 8 s
+        budget.arrived(now)
+        for _ in range(2):  # each wants two retries, each over before the next begins
+            if budget.acquire(now):
+                retries += 1
+                budget.release()
+        budget.left()
+    assert retries <= 3 + 0.2 * 2000
+    assert retries >= 0.2 * 2000 - 1  # and the budget is there to be used
+
+
+def test_retry_budget_windows_forget_old_traffic() -> None:
+    budget = RetryBudget(0.2, 3, window_s=10)
+    for _ in range(100):
+        budget.arrived(T0)
+        budget.left()
+    for _ in range(21):  # spend the window's retries (3 + 20 allowed), one at a time
+        assert budget.acquire(T0 + 1)
+        budget.release()
+    assert acquired(budget, T0 + 1) == 2  # 21 used of 23, and (none active) at most 3 at once
+    assert acquired(budget, T0 + 15) == 0  # the window rolled: its retries still count
+    assert acquired(budget, T0 + 35) == 3  # two windows later: only the minimum, nothing remembered
 
 
 # --- 4. backoff_s -------------------------------------------------------------------------------------------

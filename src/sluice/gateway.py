@@ -42,7 +42,7 @@ from sluice.limits.limiter import Limiter
 from sluice.metrics import Metrics
 from sluice.pricing.cost import Charge
 from sluice.pricing.usage import TokenUsage, estimated, from_embeddings
-from sluice.providers.base import StreamTranslator, Target
+from sluice.providers.base import StreamTranslator, Target, UpstreamCall
 from sluice.providers.errors import parse_error_body
 from sluice.routing.health import EJECTED, FINAL, ROTATE, Health, RetryBudget, backoff_s, verdict
 from sluice.routing.plan import Candidate, plan
@@ -213,7 +213,7 @@ class Walk:
     commit_at: float  # loop time: the end of a stream's pre-commit window
     index: int = 0  # the candidate being tried
     held: str = ""  # the provider account reserved at admission
-    retry: bool = False  # holds a slot of the retry budget
+    retry: bool = False  # this attempt is a retry: it holds a slot of the retry budget
     spare_key: bool = False  # the last failure was the account's key, and another key can serve
     retry_after: float = 0.0  # the last failure's retry-after, in seconds (0: none)
     tried: set[str] = field(default_factory=set)
@@ -278,11 +278,14 @@ class Gateway:
             out = (dep.target.max_output_tokens if cap is None else cap) * choices
             return dep.pricer.worst_nanos(prompt, out, entry.ts_us)
 
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        candidates, skipped = plan(routes, self.health, self.rng, worst, now)
-        for dep, reason in skipped:
-            self.metrics.count("skipped", routes[0].alias, dep.target.provider, reason)
+        now = asyncio.get_running_loop().time()
+        only = routes[0].deployments[0] if len(routes) == 1 and len(routes[0].deployments) == 1 else None
+        if only is not None and only.pricer.chargeable:  # the common case: nothing to order or leave out
+            candidates = [Candidate(only, routes[0], worst(only))]
+        else:
+            candidates, skipped = plan(routes, self.health, self.rng, worst, now)
+            for dep, reason in skipped:
+                self.metrics.count("skipped", routes[0].alias, dep.target.provider, reason)
         if not candidates:
             raise ModelUnpriced(
                 f"The model '{routes[0].alias}' has no known price; the operator must configure one (or a "
@@ -352,7 +355,7 @@ class Gateway:
         """Admit, then call candidates until one answers or no retry is left: the last error is raised."""
         walk = await self._admit(routes, entry, cap, choices)
         budget = self.budget
-        budget.active += 1
+        budget.arrived(asyncio.get_running_loop().time())
         try:
             refused: SluiceError | None = None
             while True:
@@ -364,12 +367,18 @@ class Gateway:
                 try:
                     return await self._attempt(entry, walk, one)
                 except SluiceError as failure:
+                    self._retried(walk)
                     if not await self._again(entry, walk, failure):
                         raise
         finally:
-            budget.active -= 1
-            if walk.retry:
-                budget.release()
+            budget.left()
+            self._retried(walk)
+
+    def _retried(self, walk: Walk) -> None:
+        """A retry's attempt ended: its slot in the retry budget is free."""
+        if walk.retry:
+            walk.retry = False
+            self.budget.release()
 
     async def _attempt(self, entry: Entry, walk: Walk, one: Attempt_[T]) -> T:
         dep = walk.current.dep
@@ -427,12 +436,11 @@ class Gateway:
         pause = 0.0 if same else self._pause(walk, walk.candidates[nxt].dep, entry.attempt_count)
         if now + pause >= walk.deadline:
             return False  # the answer would come too late: the client gets this failure now
-        if not walk.retry:
-            if not self.budget.acquire():
-                self.metrics.count("budget_exhausted", entry.alias)
-                log.warning("retry budget exhausted: request %s not retried", entry.request_id)
-                return False
-            walk.retry = True
+        if not self.budget.acquire(now):
+            self.metrics.count("budget_exhausted", entry.alias)
+            log.warning("retry budget exhausted: request %s not retried", entry.request_id)
+            return False
+        walk.retry = True
         if pause:  # the failed attempt stays the entry's own meanwhile: a client leaving now settles it
             await asyncio.sleep(pause)
         self._retire(entry, err)
@@ -515,17 +523,21 @@ class Gateway:
 
     # --- the endpoints ----------------------------------------------------------------------------------
 
+    async def _fetch(self, entry: Entry, walk: Walk, dep: Deployment, call: UpstreamCall) -> bytes:
+        """A complete answer's body from ``dep``; a non-200 answer raises its mapped error."""
+        got = await _timed(entry, self._upstream.fetch(dep.target.provider, call, walk.deadline))
+        entry.upstream_status = got.status
+        if got.status != 200:
+            raise self._failed(walk, dep, got.status, got.headers, got.body, got.key_id)
+        return got.body
+
     async def chat(self, req: ChatRequest, routes: Sequence[Route], entry: Entry) -> Reply:
         """A non-stream chat completion."""
 
         async def one(dep: Deployment, walk: Walk) -> Reply:
-            call = dep.adapter.chat_call(req, dep.target)
-            got = await _timed(entry, self._upstream.fetch(dep.target.provider, call, walk.deadline))
-            entry.upstream_status = got.status
-            if got.status != 200:
-                raise self._failed(walk, dep, got.status, got.headers, got.body, got.key_id)
+            body = await self._fetch(entry, walk, dep, dep.adapter.chat_call(req, dep.target))
             try:
-                out = dep.adapter.chat_response(got.body, req, dep.target)
+                out = dep.adapter.chat_response(body, req, dep.target)
             except _MALFORMED as exc:
                 raise _unusable(dep) from exc
             return Reply(out.body, _served_by(dep.target, entry.attempt_count), out.tokens)
@@ -567,12 +579,8 @@ class Gateway:
         """Embeddings, fetched as floats and encoded as base64 here when the client asked for it."""
 
         async def one(dep: Deployment, walk: Walk) -> Reply:
-            call = dep.adapter.embeddings_call(req, dep.target)
-            got = await _timed(entry, self._upstream.fetch(dep.target.provider, call, walk.deadline))
-            entry.upstream_status = got.status
-            if got.status != 200:
-                raise self._failed(walk, dep, got.status, got.headers, got.body, got.key_id)
-            body, tokens = _embeddings_body(dep, got.body, req.encoding_format)
+            raw = await self._fetch(entry, walk, dep, dep.adapter.embeddings_call(req, dep.target))
+            body, tokens = _embeddings_body(dep, raw, req.encoding_format)
             return Reply(orjson.dumps(body), _served_by(dep.target, entry.attempt_count), tokens)
 
         return await self._serve(routes, entry, 0, 1, one)

@@ -298,9 +298,15 @@ class RoutingSettings(_Strict):
         2, "Extra upstream attempts one request may make (fallbacks, key rotation, retries).", ge=0, le=10
     )
     retry_budget_ratio: float = setting(
-        0.2, "Retries in flight at most this share of the requests in flight (as Envoy does).", ge=0, le=1
+        0.2,
+        "Retries (fallbacks and key rotations included) at most this share of the requests: of those in "
+        "flight, and of those in the last 10 to 20 seconds.",
+        ge=0,
+        le=1,
     )
-    retry_budget_min: int = setting(3, "Retries in flight always allowed, whatever the ratio.", ge=0)
+    retry_budget_min: int = setting(
+        3, "Retries always allowed on top of the ratio (in flight, and per 10-second window).", ge=0
+    )
     backoff_base_ms: float = setting(
         50, "First backoff before retrying a deployment already tried (doubles, full jitter).", ge=0
     )

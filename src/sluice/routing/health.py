@@ -7,8 +7,8 @@
   probe up to ``eject_max_s``; when its time is up one request probes it (others keep away until that
   probe ends) and a success re-admits it. At most ``max_ejected_share`` of an alias's deployments are
   ejected at once (always at least one of two or more); an alias's only deployment is never ejected.
-- ``RetryBudget``: retries in flight stay within a share of the requests in flight (Envoy's retry
-  budget), so a failing provider cannot multiply the load.
+- ``RetryBudget``: retries stay within a share of the requests, both in flight (Envoy's retry budget)
+  and over the last seconds (Finagle's), so a failing provider cannot multiply the load.
 
 Times are monotonic seconds passed in by the caller.
 """
@@ -160,20 +160,53 @@ class Health:
 
 
 class RetryBudget:
-    """Retries in flight ≤ max(minimum, ratio × requests in flight)."""
+    """How much retrying the process may do (fallbacks and key rotations are retries too):
 
-    __slots__ = ("active", "minimum", "ratio", "retrying")
+    - in flight (as Envoy does): retries running or waiting ≤ max(minimum, ratio × requests in flight);
+    - over time (as Finagle does): retries in the last one or two windows ≤ minimum + ratio × requests
+      in them — so the calls a failing provider sees stay within (1 + ratio) × requests + minimum, however
+      fast it fails.
+    """
 
-    def __init__(self, ratio: float, minimum: int) -> None:
+    __slots__ = ("_ended", "_now", "_prev", "active", "minimum", "ratio", "retrying", "window_s")
+
+    def __init__(self, ratio: float, minimum: int, window_s: float = 10.0) -> None:
         self.ratio = ratio
         self.minimum = minimum
+        self.window_s = window_s
         self.active = 0  # requests in their attempt loop
-        self.retrying = 0  # of which on a retry (or waiting to make one)
+        self.retrying = 0  # retries running, or waiting for their backoff
+        self._ended = 0.0  # when the current window ends (monotonic seconds)
+        self._now = [0, 0]  # requests, retries in the current window
+        self._prev = [0, 0]  # in the one before
 
-    def acquire(self) -> bool:
-        """Take a retry slot, if the budget has one."""
+    def _roll(self, now: float) -> None:
+        if now < self._ended:
+            return
+        recent = now < self._ended + self.window_s  # the window that just ended becomes the previous one
+        self._prev = self._now if recent else [0, 0]
+        self._now = [0, 0]
+        self._ended = now + self.window_s
+
+    def arrived(self, now: float) -> None:
+        """A request entered its attempt loop (it earns ``ratio`` of a retry)."""
+        self._roll(now)
+        self._now[0] += 1
+        self.active += 1
+
+    def left(self) -> None:
+        """A request left its attempt loop."""
+        self.active -= 1
+
+    def acquire(self, now: float) -> bool:
+        """Take a retry, if both budgets have room."""
         if self.retrying >= max(self.minimum, self.ratio * self.active):
             return False
+        self._roll(now)
+        requests, retries = self._now[0] + self._prev[0], self._now[1] + self._prev[1]
+        if retries + 1 > self.minimum + self.ratio * requests:
+            return False
+        self._now[1] += 1
         self.retrying += 1
         return True
 
