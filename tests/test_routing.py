@@ -28,7 +28,7 @@ CHEAP = "{input: 1, output: 2}"
 DEAR = "{input: 10, output: 20}"
 ALIASES = (
     *("fb", "timeout", "reset", "eject", "client", "notfound", "budget", "ledger", "cut"),
-    *("s-503", "s-reset", "s-cut", "s-error", "s-slow", "s-late"),
+    *("s-503", "s-reset", "s-cut", "s-error", "s-slow", "s-late", "s-cutter"),
 )
 TIMEOUTS = "{connect: 1, first_byte: 1, idle: 1, total: 6}"
 
@@ -380,6 +380,27 @@ def test_a_stream_cut_after_five_chunks_ends_with_an_error_and_no_done(served: S
     row = served.ledger_row(request_id)
     assert (row["status"], row["usage_estimated"]) == ("cut", 1)
     assert row["output_tokens"] >= 4 and row["cost_nanos"] > 0  # priced on what was delivered
+
+
+def test_a_provider_that_keeps_cutting_streams_is_ejected(served: Served) -> None:
+    """Each cut is after the commit (not retried), yet it is the provider's failure: three in a row
+    (eject_after: 3) eject it, and the next stream goes straight to the fallback."""
+    served.emu.set_model_faults("s-cutter-p", "cut_after=5")
+    try:
+        for _ in range(3):
+            with served.client.chat.completions.with_streaming_response.create(
+                model="s-cutter", messages=[{"role": "user", "content": "hello"}], stream=True
+            ) as response:
+                assert _served_by(response) == ("openai", "s-cutter-p", "1")
+                assert "[DONE]" not in response.read().decode()
+        assert served.deployment("openai/s-cutter-p")["state"] == "ejected"
+        with served.client.chat.completions.with_streaming_response.create(
+            model="s-cutter", messages=[{"role": "user", "content": "hello"}], stream=True
+        ) as response:
+            assert _served_by(response) == ("deepseek", "s-cutter-f", "1")
+            assert "[DONE]" in response.read().decode()
+    finally:
+        served.emu.set_model_faults("s-cutter-p", None)
 
 
 def test_a_stream_of_keep_alives_ends_at_the_total_deadline(served: Served) -> None:

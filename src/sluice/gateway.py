@@ -44,7 +44,16 @@ from sluice.pricing.cost import Charge
 from sluice.pricing.usage import TokenUsage, estimated, from_embeddings
 from sluice.providers.base import StreamTranslator, Target, UpstreamCall
 from sluice.providers.errors import parse_error_body
-from sluice.routing.health import EJECTED, FINAL, ROTATE, Health, RetryBudget, backoff_s, verdict
+from sluice.routing.health import (
+    EJECTED,
+    FINAL,
+    ROTATE,
+    DeploymentState,
+    Health,
+    RetryBudget,
+    backoff_s,
+    verdict,
+)
 from sluice.routing.plan import Candidate, plan
 from sluice.routing.table import Deployment, Route
 from sluice.settings import RoutingSettings
@@ -84,6 +93,9 @@ class StreamReply:
     final_tokens: TokenUsage | None = None  # the usage of a stream that finished, normalised once
     _pending: list[bytes] = field(default_factory=list)
     _error: SluiceError | None = None
+    # told once how the stream ended: True (finished), False (the provider failed), None (neither: the
+    # client left, or the stream was dropped before it was read)
+    on_end: Callable[[bool | None], None] | None = None
 
     @property
     def client_idle(self) -> float:
@@ -137,6 +149,20 @@ class StreamReply:
 
     async def frames(self) -> AsyncIterator[bytes]:
         """Client-ready SSE bytes; raises ``SluiceError`` if the upstream fails mid-stream."""
+        try:
+            async for out in self._frames():
+                yield out
+        except SluiceError:
+            self._ended(False)
+            raise
+        self._ended(True)
+
+    def _ended(self, ok: bool | None) -> None:
+        tell, self.on_end = self.on_end, None
+        if tell is not None:
+            tell(ok)
+
+    async def _frames(self) -> AsyncIterator[bytes]:
         assert self._events is not None, "open() first"
         translator = self._translator
         if self._pending:
@@ -162,6 +188,7 @@ class StreamReply:
 
     async def close(self, *, error: bool = False) -> None:
         """Release (or, after an error or disconnect, drop) the upstream connection."""
+        self._ended(None)
         try:
             if self._events is not None:
                 await self._events.aclose()
@@ -384,17 +411,41 @@ class Gateway:
         dep = walk.current.dep
         st = self.health.state_of(dep)
         loop = asyncio.get_running_loop()
-        self.health.started(st, loop.time())
+        probe = self.health.started(st, loop.time())
         walk.tried.add(dep.id)
         walk.spare_key = False
         walk.retry_after = 0.0
         entry.pricer = dep.pricer  # from here the provider may be reached (and may bill)
         t0 = time.perf_counter_ns()
-        result = await one(dep, walk)
-        if self.health.succeeded(st, _since(t0)):
-            self._told(st.id, 0.0, 0)
+        try:
+            result = await one(dep, walk)
+        except SluiceError:
+            raise  # judged by _again
+        except BaseException:  # the client left (or a bug): the attempt proved nothing either way
+            if probe:
+                Health.abandoned(st)
+            raise
+        latency = _since(t0)
         self.metrics.count("attempt", dep.target.provider, dep.target.upstream_model, "ok")
+        if not isinstance(result, StreamReply):
+            self._succeeded(st, latency)
+            return result
+        route = walk.current.route
+
+        def ended(ok: bool | None) -> None:  # a stream is judged when it ends, not when it starts
+            if ok:
+                self._succeeded(st, latency)
+            elif ok is False:  # broke after the commit: not retried, but the provider's failure
+                self._judge(dep, route, 200, asyncio.get_running_loop().time())
+            elif probe:
+                Health.abandoned(st)
+
+        result.on_end = ended
         return result
+
+    def _succeeded(self, st: DeploymentState, latency_us: int) -> None:
+        if self.health.succeeded(st, latency_us):
+            self._told(st.id, 0.0, 0)
 
     def _skip(self, entry: Entry, walk: Walk) -> bool:
         """Move to the next candidate without an attempt (its account is full); False if none is left."""
@@ -413,13 +464,9 @@ class Gateway:
         status = entry.upstream_status
         loop = asyncio.get_running_loop()
         now = loop.time()
-        peers = [self.health.state_of(d) for d in walk.current.route.deployments]
-        ejected = self.health.failed(self.health.state_of(dep), status, now, peers)
-        if ejected:
-            self.metrics.count("ejected", dep.target.provider, dep.target.upstream_model)
-            self._told(dep.id, ejected, self.health.state_of(dep).ejections)
+        self._judge(dep, walk.current.route, status, now)
         how = verdict(status)
-        final = how == FINAL or isinstance(err, BudgetExceeded | LimitReached)
+        final = how == FINAL
         self.metrics.count(
             "attempt", dep.target.provider, dep.target.upstream_model, "client_error" if final else "failed"
         )
@@ -450,18 +497,27 @@ class Gateway:
         self._enter(entry, walk.current.dep)
         return True
 
+    def _judge(self, dep: Deployment, route: Route, status: int, now: float) -> None:
+        """Count a failed attempt against its deployment, which may be ejected."""
+        st = self.health.state_of(dep)
+        ejected = self.health.failed(st, status, now, [self.health.state_of(d) for d in route.deployments])
+        if ejected:
+            self.metrics.count("ejected", dep.target.provider, dep.target.upstream_model)
+            self._told(dep.id, ejected, st.ejections)
+
     def _next(self, walk: Walk, now: float) -> int | None:
         """The next candidate to try: the next untried one that is in service, else (to retry) the first
         already tried whose retry-after this request can wait out; None if there is none."""
         n = len(walk.candidates)
         cap = self.settings.retry_after_max_s
-        for step in range(1, n + 1):
-            i = (walk.index + step) % n
+        after = [(walk.index + step) % n for step in range(1, n + 1)]
+        for i in after:
             cand = walk.candidates[i].dep
-            if cand.id not in walk.tried:
-                if self.health.state_of(cand).admits(now):
-                    return i
-            elif walk.held_back.get(cand.id, 0.0) <= cap and self.health.state_of(cand).admits(now):
+            if cand.id not in walk.tried and self.health.state_of(cand).admits(now):
+                return i
+        for i in after:
+            cand = walk.candidates[i].dep
+            if walk.held_back.get(cand.id, 0.0) <= cap and self.health.state_of(cand).admits(now):
                 return i
         return None
 

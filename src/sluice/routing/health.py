@@ -94,10 +94,17 @@ class Health:
         return st
 
     @staticmethod
-    def started(st: DeploymentState, now: float) -> None:
-        """An attempt starts: if the deployment is due for a probe, this attempt is the probe."""
+    def started(st: DeploymentState, now: float) -> bool:
+        """An attempt starts: if the deployment is due for a probe, this attempt is the probe (True)."""
         if st.ejected_until != 0.0 and now >= st.ejected_until:
             st.probe_since = now
+            return True
+        return False
+
+    @staticmethod
+    def abandoned(st: DeploymentState) -> None:
+        """The probe ended without a verdict (its client left): another request may probe."""
+        st.probe_since = 0.0
 
     @staticmethod
     def succeeded(st: DeploymentState, latency_us: int) -> bool:
