@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import logging
 import random
 import sys
@@ -42,7 +41,7 @@ from sluice.limits.limiter import Limiter
 from sluice.metrics import Metrics
 from sluice.pricing.cost import Charge
 from sluice.pricing.usage import TokenUsage, estimated, from_embeddings
-from sluice.providers.base import StreamTranslator, Target, UpstreamCall
+from sluice.providers.base import StreamTranslator, UpstreamCall
 from sluice.providers.errors import parse_error_body
 from sluice.routing.health import (
     EJECTED,
@@ -206,16 +205,11 @@ def _unusable(dep: Deployment) -> UpstreamError:
     return UpstreamError(f"Provider {dep.target.provider!r} sent an answer Sluice cannot read.")
 
 
-@functools.cache
-def _meta_headers(t: Target) -> list[tuple[bytes, bytes]]:
-    """Response headers naming what served the request (built once per deployment)."""
-    return [(b"x-sluice-provider", t.provider.encode()), (b"x-sluice-model", t.upstream_model.encode())]
-
-
-@functools.cache
-def _served_by(t: Target, attempts: int) -> list[tuple[bytes, bytes]]:
-    """What served the request and after how many upstream calls (built once per deployment and count)."""
-    return [*_meta_headers(t), (b"x-sluice-attempts", b"%d" % attempts)]
+def _served_by(dep: Deployment, attempts: int) -> list[tuple[bytes, bytes]]:
+    """Response headers naming what served the request, and after how many upstream calls."""
+    if attempts == 1:
+        return list(dep.served_by)
+    return [*dep.served_by[:2], (b"x-sluice-attempts", b"%d" % attempts)]
 
 
 def _since(t0: int) -> int:
@@ -596,7 +590,7 @@ class Gateway:
                 out = dep.adapter.chat_response(body, req, dep.target)
             except _MALFORMED as exc:
                 raise _unusable(dep) from exc
-            return Reply(out.body, _served_by(dep.target, entry.attempt_count), out.tokens)
+            return Reply(out.body, _served_by(dep, entry.attempt_count), out.tokens)
 
         return await self._serve(routes, entry, _output_cap(req), req.n, one)
 
@@ -611,7 +605,7 @@ class Gateway:
                 resp = await self._upstream.open_stream(dep.target.provider, call, walk.deadline)
                 entry.upstream_status = resp.status
                 translator = dep.adapter.chat_stream(req, dep.target)
-                headers = _served_by(dep.target, entry.attempt_count)
+                headers = _served_by(dep, entry.attempt_count)
                 reply = StreamReply(headers, resp, dep, translator, entry)
                 try:
                     if resp.status != 200:
@@ -637,7 +631,7 @@ class Gateway:
         async def one(dep: Deployment, walk: Walk) -> Reply:
             raw = await self._fetch(entry, walk, dep, dep.adapter.embeddings_call(req, dep.target))
             body, tokens = _embeddings_body(dep, raw, req.encoding_format)
-            return Reply(orjson.dumps(body), _served_by(dep.target, entry.attempt_count), tokens)
+            return Reply(orjson.dumps(body), _served_by(dep, entry.attempt_count), tokens)
 
         return await self._serve(routes, entry, 0, 1, one)
 

@@ -320,15 +320,18 @@ class Upstream:
         t = endpoint.timeouts
         now = asyncio.get_running_loop().time()
         until = now + t.total if deadline is None else min(now + t.total, deadline)
+        first = now + t.first_byte
         with _transport_errors(provider):
-            async with asyncio.timeout_at(until):
-                async with asyncio.timeout_at(min(now + t.first_byte, until)):
-                    resp = await session.post(
-                        self._url(endpoint, call.path),
-                        data=call.body,
-                        headers=self._headers(call, key, stream=False),
-                        allow_redirects=False,  # a redirect would carry the key and prompt to another host
-                    )
+            timer = asyncio.timeout_at(min(first, until))  # one timer, moved once the headers are in
+            async with timer:
+                resp = await session.post(
+                    self._url(endpoint, call.path),
+                    data=call.body,
+                    headers=self._headers(call, key, stream=False),
+                    allow_redirects=False,  # a redirect would carry the key and the prompt to another host
+                )
+                if first < until:
+                    timer.reschedule(until)
                 async with resp:
                     body = await _read_all(resp, MAX_RESPONSE_BYTES, provider)
                     return Fetched(resp.status, resp.headers, body, key.id if key is not None else "")

@@ -89,15 +89,29 @@ class Attempt:
 
     def as_dict(self, status: str) -> dict[str, Any]:
         """The attempt as the ledger's ``attempts`` column lists it."""
-        return {
-            "provider": self.provider,
-            "model": self.model,
-            "status": status,
-            "http_status": self.http_status,
-            "error_code": self.error_code,
-            "latency_us": self.latency_us or None,
-            "cost_nanos": self.cost_nanos,
-        }
+        return _attempt(
+            self.provider,
+            self.model,
+            status,
+            self.http_status,
+            self.error_code,
+            self.latency_us,
+            self.cost_nanos,
+        )
+
+
+def _attempt(
+    provider: str, model: str, status: str, http: int, code: str | None, latency_us: int, cost: int
+) -> dict[str, Any]:
+    return {
+        "provider": provider,
+        "model": model,
+        "status": status,
+        "http_status": http,
+        "error_code": code,
+        "latency_us": latency_us or None,
+        "cost_nanos": cost,
+    }
 
 
 @dataclass(slots=True)
@@ -202,16 +216,18 @@ class Entry:
         """The upstream calls made, in order, built by the ledger's writer."""
         if not self.provider or not self.settled:
             return None
-        last = Attempt(
+        last = _attempt(
             self.provider,
             self.model,
+            self.status,
             self.upstream_status,
             self.error_code,
             self.upstream_us,
             self.cost_nanos - self.prior_nanos,
-        ).as_dict(self.status)
-        earlier = [a.as_dict("failed") for a in self.attempts] if self.attempts else []
-        return orjson.dumps([*earlier, last]).decode()
+        )
+        if not self.attempts:  # the common case
+            return orjson.dumps((last,)).decode()
+        return orjson.dumps([*(a.as_dict("failed") for a in self.attempts), last]).decode()
 
 
 def wall_clock_us() -> int:

@@ -19,7 +19,7 @@ from sluice.routing.table import Deployment, Route
 UNPRICED, PRICE = "unpriced", "price"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Candidate:
     """A deployment this request may try, the alias that brought it, and its worst case in nano-dollars."""
 

@@ -26,6 +26,8 @@ class Deployment:
     weight: int = 1  # share of traffic under the weighted strategy
     allow_pricier: bool = False  # may serve as a fallback above the alias's price ratio
     id: str = ""  # "provider/upstream-model": its health is kept under this name
+    # the response headers naming it, for an answer after one attempt (built once)
+    served_by: tuple[tuple[bytes, bytes], ...] = ()
 
 
 Strategy = Literal["priority", "weighted", "lowest-latency", "lowest-cost"]
@@ -89,9 +91,13 @@ def build_routes(
             )
             pricer = pricer_for(dep, prov.preset, sheets.get((prov.preset, dep.model)))
             dep_id = f"{prov.name}/{dep.model}"
-            deps.append(
-                Deployment(target, ADAPTERS[preset.dialect], pricer, dep.weight, dep.allow_pricier, dep_id)
+            served_by = (
+                (b"x-sluice-provider", prov.name.encode()),
+                (b"x-sluice-model", dep.model.encode()),
+                (b"x-sluice-attempts", b"1"),
             )
+            adapter = ADAPTERS[preset.dialect]
+            deps.append(Deployment(target, adapter, pricer, dep.weight, dep.allow_pricier, dep_id, served_by))
         ratio = model.max_price_ratio or config.routing.max_price_ratio
         routes[model.name] = Route(
             model.name, model.mode, tuple(deps), deps[0].target.preset, model.strategy, ratio
