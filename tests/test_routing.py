@@ -55,6 +55,12 @@ def _config(emu: Emulator, data_dir: Path) -> str:
         f"      - {{provider: anthropic, model: other-a, price: {CHEAP}}}\n"
         "  - name: stall\n    deployments:\n"
         f"      - {{provider: slow, model: stall-p, price: {CHEAP}}}\n"
+        "  - name: tier\n    deployments:\n"  # a free tier's daily allowance, then the paid account
+        f"      - {{provider: free, model: tier-p, price: 0}}\n"
+        f"      - {{provider: deepseek, model: tier-f, price: {CHEAP}, allow_pricier: true}}\n"
+        "  - name: tier2\n    deployments:\n"  # a fallback whose account has nothing left
+        f"      - {{provider: openai, model: tier2-p, price: {CHEAP}}}\n"
+        f"      - {{provider: spent, model: tier2-f, price: {CHEAP}}}\n"
     )
     return (
         f"server: {{data_dir: {data_dir}, key_cache_ttl_s: 0.2}}\n"
@@ -67,6 +73,10 @@ def _config(emu: Emulator, data_dir: Path) -> str:
         f"api_key: env:EMU_ANTHROPIC_KEY, timeouts: {TIMEOUTS}}}\n"
         f"  - {{name: slow, preset: openai, base_url: '{emu.base_url('openai')}', "
         "api_key: env:EMU_OPENAI_KEY, timeouts: {connect: 1, first_byte: 30, idle: 30, total: 2}}\n"
+        f"  - {{name: free, preset: openai, base_url: '{emu.base_url('openai')}', "
+        f"api_key: env:EMU_OPENAI_KEY, timeouts: {TIMEOUTS}, limits: {{requests: {{day: 2}}}}}}\n"
+        f"  - {{name: spent, preset: openai, base_url: '{emu.base_url('openai')}', "
+        f"api_key: env:EMU_OPENAI_KEY, timeouts: {TIMEOUTS}, limits: {{requests: {{day: 0}}}}}}\n"
         "models:\n" + "".join(models) + "routing: {eject_after: 3, eject_base_s: 1, backoff_base_ms: 10, "
         "stream_commit_s: 0.5, retry_after_max_s: 2, retry_budget_min: 100}\n"
     )
@@ -272,6 +282,34 @@ def test_a_fallback_above_the_price_ratio_is_skipped(served: Served) -> None:
     assert row["reserved_nanos"] > 0
     cheap = served.ledger_row(served.chat("fb").headers["x-sluice-request-id"])
     assert row["reserved_nanos"] >= 9 * cheap["reserved_nanos"]
+
+
+def test_a_provider_account_with_nothing_left_is_passed_over(served: Served) -> None:
+    """The free tier's daily allowance (2 requests) serves first; then the paid account, at once."""
+    assert [_served_by(served.chat("tier"))[:2] for _ in range(3)] == [
+        ("free", "tier-p"),
+        ("free", "tier-p"),
+        ("deepseek", "tier-f"),
+    ]
+    assert served.calls("tier-p") == 2
+    status, body, _ = admin_call(served.root, "GET", "/admin/limits?scope=provider:free")
+    assert status == 200
+    assert [(c["metric"], c["spent"], c["reserved"]) for c in body["data"]] == [("requests", 2, 0)]
+    skipped = 'sluice_fallbacks_skipped_total{alias="tier",provider="free",reason="provider_limit"} 1.0'
+    assert skipped in served.metrics()
+
+
+def test_a_fallback_whose_account_is_full_is_skipped(served: Served) -> None:
+    served.emu.set_model_faults("tier2-p", "status=503")
+    try:
+        with pytest.raises(openai.InternalServerError) as exc:
+            served.chat("tier2")
+    finally:
+        served.emu.set_model_faults("tier2-p", None)
+    assert exc.value.status_code == 502  # the primary's failure, not the full account's refusal
+    assert served.calls("tier2-f") == 0
+    status, body, _ = admin_call(served.root, "GET", "/admin/limits?scope=provider:spent")
+    assert all(c["reserved"] == 0 for c in body["data"])
 
 
 def test_a_models_list_falls_back_within_what_the_key_allows(served: Served) -> None:

@@ -37,6 +37,7 @@ from sluice.errors import (
 )
 from sluice.ledger.entry import Attempt, Entry, usd_text
 from sluice.ledger.sink import Ledger
+from sluice.limits.counters import Hold
 from sluice.limits.limiter import Limiter
 from sluice.metrics import Metrics
 from sluice.pricing.cost import Charge
@@ -149,8 +150,28 @@ class StreamReply:
     async def frames(self) -> AsyncIterator[bytes]:
         """Client-ready SSE bytes; raises ``SluiceError`` if the upstream fails mid-stream."""
         try:
-            async for out in self._frames():
-                yield out
+            assert self._events is not None, "open() first"
+            translator = self._translator
+            if self._pending:
+                yield b"".join(self._pending)
+                self._pending = []
+            if not self._stopped():
+                async for events in self._events:
+                    out = self._translate(events)
+                    if out:
+                        yield b"".join(out)
+                    if self._stopped():
+                        break
+            if self._error is not None:
+                raise self._error
+            if not translator.done:
+                raise UpstreamError(
+                    f"Provider {self._deployment.target.provider!r} ended the stream before it was complete."
+                )
+            tokens = self.final_tokens = translator.tokens()
+            if tokens is not None:  # priced now, so the final usage chunk can carry the cost
+                self.charge = self._deployment.pricer.charge(tokens, self._entry.ts_us)
+            yield b"".join(translator.finish(usd_text(self.charge.nanos) if self.charge else None))
         except SluiceError:
             self._ended(False)
             raise
@@ -160,30 +181,6 @@ class StreamReply:
         tell, self.on_end = self.on_end, None
         if tell is not None:
             tell(ok)
-
-    async def _frames(self) -> AsyncIterator[bytes]:
-        assert self._events is not None, "open() first"
-        translator = self._translator
-        if self._pending:
-            yield b"".join(self._pending)
-            self._pending = []
-        if not self._stopped():
-            async for events in self._events:
-                out = self._translate(events)
-                if out:
-                    yield b"".join(out)
-                if self._stopped():
-                    break
-        if self._error is not None:
-            raise self._error
-        if not translator.done:
-            raise UpstreamError(
-                f"Provider {self._deployment.target.provider!r} ended the stream before it was complete."
-            )
-        tokens = self.final_tokens = translator.tokens()
-        if tokens is not None:  # priced now, so the final usage chunk can carry the cost
-            self.charge = self._deployment.pricer.charge(tokens, self._entry.ts_us)
-        yield b"".join(translator.finish(usd_text(self.charge.nanos) if self.charge else None))
 
     async def close(self, *, error: bool = False) -> None:
         """Release (or, after an error or disconnect, drop) the upstream connection."""
@@ -214,15 +211,6 @@ def _served_by(dep: Deployment, attempts: int) -> list[tuple[bytes, bytes]]:
 
 def _since(t0: int) -> int:
     return (time.perf_counter_ns() - t0) // 1000
-
-
-async def _timed(entry: Entry, call: Awaitable[T]) -> T:
-    """Await an upstream call, recording how long the request waited for the provider."""
-    t0 = time.perf_counter_ns()
-    try:
-        return await call
-    finally:
-        entry.upstream_us = _since(t0)
 
 
 @dataclass(slots=True)
@@ -355,18 +343,17 @@ class Gateway:
         entry.upstream_status = 0
         entry.upstream_us = 0
 
-    async def _account(self, entry: Entry, walk: Walk) -> SluiceError | None:
-        """Reserve on a fallback's provider account, if it has limits (the first account's is reserved
-        at admission); its refusal, if it refuses."""
-        provider = walk.current.dep.target.provider
+    async def _account(self, entry: Entry, walk: Walk, dep: Deployment) -> Hold | None:
+        """Reserve on a fallback's provider account, if it has limits of its own (the first account's is
+        reserved at admission); raises the refusal of a full one."""
+        provider = dep.target.provider
         if provider == walk.held or not self._limiter.limits_provider(provider):
             return None
         try:
-            entry.provider_hold = await self._limiter.admit_provider(entry, provider)
-        except (BudgetExceeded, LimitReached) as err:
+            return await self._limiter.admit_provider(entry, provider)
+        except (BudgetExceeded, LimitReached):
             self.metrics.count("skipped", entry.alias, provider, "provider_limit")
-            return err
-        return None
+            raise
 
     # --- the attempt loop -------------------------------------------------------------------------------
 
@@ -378,19 +365,21 @@ class Gateway:
         budget = self.budget
         budget.arrived(asyncio.get_running_loop().time())
         try:
-            refused: SluiceError | None = None
-            while True:
-                if (err := await self._account(entry, walk)) is not None:
-                    refused = refused or err
-                    if not self._skip(entry, walk):
-                        raise refused
-                    continue
+            while True:  # one upstream call per turn, awaited here (each coroutine layer costs per await)
+                dep, st, probe = self._attempting(entry, walk)
+                t0 = time.perf_counter_ns()
                 try:
-                    return await self._attempt(entry, walk, one)
+                    result = await one(dep, walk)
                 except SluiceError as failure:
                     self._retried(walk)
                     if not await self._again(entry, walk, failure):
                         raise
+                    continue
+                except BaseException:  # the client left (or a bug): the attempt proved nothing
+                    if probe:
+                        Health.abandoned(st)
+                    raise
+                return self._answered(walk, st, probe, _since(t0), result)
         finally:
             budget.left()
             self._retried(walk)
@@ -401,32 +390,28 @@ class Gateway:
             walk.retry = False
             self.budget.release()
 
-    async def _attempt(self, entry: Entry, walk: Walk, one: Attempt_[T]) -> T:
+    def _attempting(self, entry: Entry, walk: Walk) -> tuple[Deployment, DeploymentState, bool]:
+        """An attempt on the current candidate starts: the deployment, its state, and whether this
+        attempt is its half-open probe."""
         dep = walk.current.dep
         st = self.health.state_of(dep)
-        loop = asyncio.get_running_loop()
-        probe = self.health.started(st, loop.time())
+        probe = self.health.started(st, asyncio.get_running_loop().time())
         walk.tried.add(dep.id)
         walk.spare_key = False
         walk.retry_after = 0.0
         entry.pricer = dep.pricer  # from here the provider may be reached (and may bill)
-        t0 = time.perf_counter_ns()
-        try:
-            result = await one(dep, walk)
-        except SluiceError:
-            raise  # judged by _again
-        except BaseException:  # the client left (or a bug): the attempt proved nothing either way
-            if probe:
-                Health.abandoned(st)
-            raise
-        latency = _since(t0)
+        return dep, st, probe
+
+    def _answered(self, walk: Walk, st: DeploymentState, probe: bool, latency: int, result: T) -> T:
+        """The attempt answered: a complete answer counts for its deployment now, a stream when it ends."""
+        dep = walk.current.dep
         self.metrics.count("attempt", dep.target.provider, dep.target.upstream_model, "ok")
         if not isinstance(result, StreamReply):
             self._succeeded(st, latency)
             return result
         route = walk.current.route
 
-        def ended(ok: bool | None) -> None:  # a stream is judged when it ends, not when it starts
+        def ended(ok: bool | None) -> None:
             if ok:
                 self._succeeded(st, latency)
             elif ok is False:  # broke after the commit: not retried, but the provider's failure
@@ -470,25 +455,36 @@ class Gateway:
             walk.held_back[dep.id] = float("inf")  # every key of the account refused: not again
         if final or entry.attempt_count > self.settings.retries or now >= walk.deadline:
             return False
-        same = how == ROTATE and walk.spare_key
-        nxt = walk.index if same else self._next(walk, now)
-        if nxt is None:
-            return False
-        pause = 0.0 if same else self._pause(walk, walk.candidates[nxt].dep, entry.attempt_count)
-        if now + pause >= walk.deadline:
-            return False  # the answer would come too late: the client gets this failure now
         if not self.budget.acquire(now):
             self.metrics.count("budget_exhausted", entry.alias)
             log.warning("retry budget exhausted: request %s not retried", entry.request_id)
             return False
-        walk.retry = True
+        walk.retry = True  # released by _serve, whatever happens next
+        same = how == ROTATE and walk.spare_key
+        while True:  # the next deployment, passing over any whose provider account has nothing left
+            nxt = walk.index if same else self._next(walk, now)
+            if nxt is None:
+                return False
+            dep = walk.candidates[nxt].dep
+            pause = 0.0 if same else self._pause(walk, dep, entry.attempt_count)
+            if now + pause >= walk.deadline:
+                return False  # the answer would come too late: the client gets this failure now
+            try:
+                hold = await self._account(entry, walk, dep) if nxt != walk.index else entry.provider_hold
+                break
+            except (BudgetExceeded, LimitReached):
+                walk.tried.add(dep.id)
+                walk.held_back[dep.id] = float("inf")  # not for this request
         if pause:  # the failed attempt stays the entry's own meanwhile: a client leaving now settles it
             await asyncio.sleep(pause)
-        self._retire(entry, err)
         if nxt != walk.index:
-            self.metrics.count("fallback", entry.alias, walk.candidates[nxt].dep.target.provider)
+            self._retire(entry, err)  # settles the failed attempt's own account reservation
+            self.metrics.count("fallback", entry.alias, dep.target.provider)
+        else:
+            self._retire(entry, err, keep_hold=True)
         walk.index = nxt
-        self._enter(entry, walk.current.dep)
+        self._enter(entry, dep)
+        entry.provider_hold = hold
         return True
 
     def _judge(self, dep: Deployment, route: Route, status: int, now: float) -> None:
@@ -522,9 +518,9 @@ class Gateway:
             return 0.0
         return max(backoff_s(made - 1, self.settings, self.rng), walk.held_back.get(dep.id, 0.0))
 
-    def _retire(self, entry: Entry, err: SluiceError) -> None:
+    def _retire(self, entry: Entry, err: SluiceError, *, keep_hold: bool = False) -> None:
         """Record the failed attempt on the entry, priced if the provider may have billed it, and settle
-        its provider account's reservation."""
+        its provider account's reservation (unless the same deployment is tried again: ``keep_hold``)."""
         billed = entry.upstream_status == 200 or (
             entry.upstream_status == 0 and err.code != "upstream_unreachable"
         )
@@ -538,7 +534,7 @@ class Gateway:
             entry.attempts = []
         entry.attempts.append(attempt)
         entry.prior_nanos += cost
-        if entry.provider_hold is not None:
+        if entry.provider_hold is not None and not keep_hold:
             self._limiter.settle_hold(entry.provider_hold, cost, entry.input_estimate if billed else 0)
             entry.provider_hold = None
 
@@ -575,13 +571,17 @@ class Gateway:
 
     async def _fetch(self, entry: Entry, walk: Walk, dep: Deployment, call: UpstreamCall) -> bytes:
         """A complete answer's body from ``dep``; a non-200 answer raises its mapped error."""
-        got = await _timed(entry, self._upstream.fetch(dep.target.provider, call, walk.deadline))
+        t0 = time.perf_counter_ns()
+        try:
+            got = await self._upstream.fetch(dep.target.provider, call, walk.deadline)
+        finally:
+            entry.upstream_us = _since(t0)  # how long the request waited for the provider
         entry.upstream_status = got.status
         if got.status != 200:
             raise self._failed(walk, dep, got.status, got.headers, got.body, got.key_id)
         return got.body
 
-    async def chat(self, req: ChatRequest, routes: Sequence[Route], entry: Entry) -> Reply:
+    def chat(self, req: ChatRequest, routes: Sequence[Route], entry: Entry) -> Awaitable[Reply]:
         """A non-stream chat completion."""
 
         async def one(dep: Deployment, walk: Walk) -> Reply:
@@ -592,9 +592,9 @@ class Gateway:
                 raise _unusable(dep) from exc
             return Reply(out.body, _served_by(dep, entry.attempt_count), out.tokens)
 
-        return await self._serve(routes, entry, _output_cap(req), req.n, one)
+        return self._serve(routes, entry, _output_cap(req), req.n, one)
 
-    async def chat_stream(self, req: ChatRequest, routes: Sequence[Route], entry: Entry) -> StreamReply:
+    def chat_stream(self, req: ChatRequest, routes: Sequence[Route], entry: Entry) -> Awaitable[StreamReply]:
         """Open a stream: returns once a provider's 200 event stream has content (or the pre-commit
         window is over); a failure before that falls back like any other."""
 
@@ -623,9 +623,9 @@ class Gateway:
                 entry.upstream_us = _since(t0)
             return reply
 
-        return await self._serve(routes, entry, _output_cap(req), req.n, one)
+        return self._serve(routes, entry, _output_cap(req), req.n, one)
 
-    async def embeddings(self, req: EmbeddingRequest, routes: Sequence[Route], entry: Entry) -> Reply:
+    def embeddings(self, req: EmbeddingRequest, routes: Sequence[Route], entry: Entry) -> Awaitable[Reply]:
         """Embeddings, fetched as floats and encoded as base64 here when the client asked for it."""
 
         async def one(dep: Deployment, walk: Walk) -> Reply:
@@ -633,7 +633,7 @@ class Gateway:
             body, tokens = _embeddings_body(dep, raw, req.encoding_format)
             return Reply(orjson.dumps(body), _served_by(dep, entry.attempt_count), tokens)
 
-        return await self._serve(routes, entry, 0, 1, one)
+        return self._serve(routes, entry, 0, 1, one)
 
     # --- what the admin API shows -----------------------------------------------------------------------
 
