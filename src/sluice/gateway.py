@@ -217,7 +217,7 @@ def _since(t0: int) -> int:
 class Walk:
     """One request's way through its candidates: what it tried, and what the last failure said."""
 
-    candidates: list[Candidate]
+    candidates: Sequence[Candidate]
     deadline: float  # loop time: no attempt starts, nor lasts, beyond it
     commit_at: float  # loop time: the end of a stream's pre-commit window
     index: int = 0  # the candidate being tried
@@ -225,12 +225,23 @@ class Walk:
     retry: bool = False  # this attempt is a retry: it holds a slot of the retry budget
     spare_key: bool = False  # the last failure was the account's key, and another key can serve
     retry_after: float = 0.0  # the last failure's retry-after, in seconds (0: none)
-    tried: set[str] = field(default_factory=set)
-    held_back: dict[str, float] = field(default_factory=dict)  # dep id → retry-after it asked for
+    # deployments tried (or passed over) → the wait before trying again (inf: not for this request);
+    # made on the first failure, so a request answered at once allocates nothing for it
+    tried: dict[str, float] | None = None
 
     @property
     def current(self) -> Candidate:
         return self.candidates[self.index]
+
+    def mark(self, dep_id: str, wait: float = 0.0) -> None:
+        """Note ``dep`` as tried, and how long to wait before trying it again (the longest asked)."""
+        if self.tried is None:
+            self.tried = {}
+        self.tried[dep_id] = max(self.tried.get(dep_id, 0.0), wait)
+
+    def wait(self, dep_id: str) -> float | None:
+        """How long to wait before trying ``dep`` again; None if this request has not tried it."""
+        return None if self.tried is None else self.tried.get(dep_id)
 
 
 Attempt_ = Callable[[Deployment, Walk], Awaitable[T]]
@@ -258,6 +269,8 @@ class Gateway:
         for route in routes.values():  # every deployment known from the start (another instance may
             for dep in route.deployments:  # report on one this process has not used yet)
                 self.health.state_of(dep)
+        # an alias with one deployment always has the same plan (its worst case is on the entry)
+        self._solo = {a: (Candidate(r.solo, r, 0),) for a, r in routes.items() if r.solo is not None}
         self.budget = RetryBudget(self.settings.retry_budget_ratio, self.settings.retry_budget_min)
         self.rng = random.Random()  # load spreading and jitter, not secrets
         # told when this process ejects or re-admits a deployment (dep id, seconds ejected, ejections)
@@ -282,19 +295,23 @@ class Gateway:
     def _plan(self, routes: Sequence[Route], entry: Entry, cap: int | None, choices: int) -> Walk:
         """The candidates in order, and the worst case reserved: the dearest of them."""
         prompt = self._limiter.prompt_tokens(entry.body_bytes)
+        now = asyncio.get_running_loop().time()
+        solo = routes[0].solo if len(routes) == 1 else None
+        if solo is not None:  # the common case: nothing to order or leave out
+            out = (solo.target.max_output_tokens if cap is None else cap) * choices
+            entry.reserved_nanos = solo.pricer.worst_nanos(prompt, out, entry.ts_us)
+            entry.output_cap = entry.reserved_output_tokens = out
+            entry.reserved_input_tokens = prompt
+            total = self._upstream.total_s(solo.target.provider)
+            return Walk(self._solo[routes[0].alias], now + total, now + self.settings.stream_commit_s)
 
         def worst(dep: Deployment) -> int:
             out = (dep.target.max_output_tokens if cap is None else cap) * choices
             return dep.pricer.worst_nanos(prompt, out, entry.ts_us)
 
-        now = asyncio.get_running_loop().time()
-        only = routes[0].deployments[0] if len(routes) == 1 and len(routes[0].deployments) == 1 else None
-        if only is not None and only.pricer.chargeable:  # the common case: nothing to order or leave out
-            candidates = [Candidate(only, routes[0], worst(only))]
-        else:
-            candidates, skipped = plan(routes, self.health, self.rng, worst, now)
-            for dep, reason in skipped:
-                self.metrics.count("skipped", routes[0].alias, dep.target.provider, reason)
+        candidates, skipped = plan(routes, self.health, self.rng, worst, now)
+        for dep, reason in skipped:
+            self.metrics.count("skipped", routes[0].alias, dep.target.provider, reason)
         if not candidates:
             raise ModelUnpriced(
                 f"The model '{routes[0].alias}' has no known price; the operator must configure one (or a "
@@ -396,7 +413,6 @@ class Gateway:
         dep = walk.current.dep
         st = self.health.state_of(dep)
         probe = self.health.started(st, asyncio.get_running_loop().time())
-        walk.tried.add(dep.id)
         walk.spare_key = False
         walk.retry_after = 0.0
         entry.pricer = dep.pricer  # from here the provider may be reached (and may bill)
@@ -432,8 +448,7 @@ class Gateway:
         if walk.index + 1 >= len(walk.candidates):
             return False
         walk.index += 1
-        walk.tried.add(walk.candidates[walk.index - 1].dep.id)
-        walk.held_back[walk.candidates[walk.index - 1].dep.id] = float("inf")  # not this request
+        walk.mark(walk.candidates[walk.index - 1].dep.id, float("inf"))  # not for this request
         self._enter(entry, walk.current.dep)
         return True
 
@@ -449,10 +464,8 @@ class Gateway:
         self.metrics.count(
             "attempt", dep.target.provider, dep.target.upstream_model, "client_error" if final else "failed"
         )
-        if walk.retry_after:
-            walk.held_back[dep.id] = walk.retry_after
-        if how == ROTATE and not walk.spare_key and status != 429:
-            walk.held_back[dep.id] = float("inf")  # every key of the account refused: not again
+        refused = how == ROTATE and not walk.spare_key and status != 429  # every key of the account
+        walk.mark(dep.id, float("inf") if refused else walk.retry_after)
         if final or entry.attempt_count > self.settings.retries or now >= walk.deadline:
             return False
         if not self.budget.acquire(now):
@@ -473,8 +486,7 @@ class Gateway:
                 hold = await self._account(entry, walk, dep) if nxt != walk.index else entry.provider_hold
                 break
             except (BudgetExceeded, LimitReached):
-                walk.tried.add(dep.id)
-                walk.held_back[dep.id] = float("inf")  # not for this request
+                walk.mark(dep.id, float("inf"))  # not for this request
         if pause:  # the failed attempt stays the entry's own meanwhile: a client leaving now settles it
             await asyncio.sleep(pause)
         if nxt != walk.index:
@@ -503,20 +515,22 @@ class Gateway:
         after = [(walk.index + step) % n for step in range(1, n + 1)]
         for i in after:
             cand = walk.candidates[i].dep
-            if cand.id not in walk.tried and self.health.state_of(cand).admits(now):
+            if walk.wait(cand.id) is None and self.health.state_of(cand).admits(now):
                 return i
         for i in after:
             cand = walk.candidates[i].dep
-            if walk.held_back.get(cand.id, 0.0) <= cap and self.health.state_of(cand).admits(now):
+            wait = walk.wait(cand.id)
+            if wait is not None and wait <= cap and self.health.state_of(cand).admits(now):
                 return i
         return None
 
     def _pause(self, walk: Walk, dep: Deployment, made: int) -> float:
         """Seconds to wait before trying ``dep``: none if this request has not tried it yet; else a
         jittered backoff, or the provider's retry-after if longer."""
-        if dep.id not in walk.tried:
+        wait = walk.wait(dep.id)
+        if wait is None:
             return 0.0
-        return max(backoff_s(made - 1, self.settings, self.rng), walk.held_back.get(dep.id, 0.0))
+        return max(backoff_s(made - 1, self.settings, self.rng), wait)
 
     def _retire(self, entry: Entry, err: SluiceError, *, keep_hold: bool = False) -> None:
         """Record the failed attempt on the entry, priced if the provider may have billed it, and settle

@@ -164,8 +164,8 @@ class Timeouts(_Strict):
     connect: float = setting(10.0, "Seconds to open a TCP/TLS connection to the provider.", gt=0)
     first_byte: float = setting(
         120.0,
-        "Seconds from sending the request to the response headers (and a stream's first event); past "
-        "it, the attempt has failed and the request may fall back.",
+        "Seconds from sending the request to the response headers and a stream's first event (a complete "
+        "answer: to its end); past it, the attempt has failed and the request may fall back.",
         gt=0,
     )
     idle: float = setting(

@@ -312,29 +312,26 @@ class Upstream:
         return call.headers or None
 
     async def fetch(self, provider: str, call: UpstreamCall, deadline: float | None = None) -> Fetched:
-        """POST a non-stream call: the answer's headers under the ``first_byte`` deadline, the whole
-        answer under ``total`` (and the request's own ``deadline``, loop time, when it has one)."""
+        """POST a non-stream call and read the whole answer under the ``first_byte`` deadline (a complete
+        answer is generated before its headers are sent: the two are one wait), within ``total`` and the
+        request's own ``deadline`` (loop time) when it has one."""
         endpoint = self._endpoints[provider]
         session = self._session(endpoint)
         key = self._auth(provider)
         t = endpoint.timeouts
-        now = asyncio.get_running_loop().time()
-        until = now + t.total if deadline is None else min(now + t.total, deadline)
-        first = now + t.first_byte
+        until = asyncio.get_running_loop().time() + min(t.first_byte, t.total)
         with _transport_errors(provider):
-            timer = asyncio.timeout_at(min(first, until))  # one timer, moved once the headers are in
-            async with timer:
-                resp = await session.post(
+            async with (
+                asyncio.timeout_at(until if deadline is None else min(until, deadline)),
+                session.post(
                     self._url(endpoint, call.path),
                     data=call.body,
                     headers=self._headers(call, key, stream=False),
                     allow_redirects=False,  # a redirect would carry the key and the prompt to another host
-                )
-                if first < until:
-                    timer.reschedule(until)
-                async with resp:
-                    body = await _read_all(resp, MAX_RESPONSE_BYTES, provider)
-                    return Fetched(resp.status, resp.headers, body, key.id if key is not None else "")
+                ) as resp,
+            ):
+                body = await _read_all(resp, MAX_RESPONSE_BYTES, provider)
+                return Fetched(resp.status, resp.headers, body, key.id if key is not None else "")
 
     def _session(self, endpoint: ProviderEndpoint) -> aiohttp.ClientSession:
         session = self._sessions.get(endpoint.name)

@@ -44,6 +44,12 @@ class Route:
     strategy: Strategy = "priority"
     max_price_ratio: Decimal = Decimal(2)
 
+    @property
+    def solo(self) -> Deployment | None:
+        """The alias's one deployment when it has exactly one, with a price: nothing to plan."""
+        deps = self.deployments
+        return deps[0] if len(deps) == 1 and deps[0].pricer.chargeable else None
+
 
 def _rates(price: PriceSettings | None) -> Rates | None:
     if price is None:
