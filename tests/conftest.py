@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import coverage
 import openai
 import orjson
 import pytest
@@ -168,6 +169,20 @@ def client(gateway: ServerThread) -> Iterator[openai.OpenAI]:
 def aclient(gateway: ServerThread) -> openai.AsyncOpenAI:
     """The async SDK (one per test: it binds to the test's event loop)."""
     return openai.AsyncOpenAI(base_url=gateway.base_url, api_key=ADMIN_KEY, max_retries=0, timeout=20)
+
+
+@pytest.fixture
+def untraced() -> Iterator[None]:
+    """Pause coverage measurement for a load test: traced, the in-process gateway, emulator and client
+    run several times slower, and a test of behaviour under load would measure the tracer instead."""
+    cov = coverage.Coverage.current()
+    if cov is not None:
+        cov.stop()
+    try:
+        yield
+    finally:
+        if cov is not None:
+            cov.start()
 
 
 def fault(spec: str) -> dict[str, Any]:

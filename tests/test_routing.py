@@ -309,6 +309,7 @@ def test_a_fallback_whose_account_is_full_is_skipped(served: Served) -> None:
     assert exc.value.status_code == 502  # the primary's failure, not the full account's refusal
     assert served.calls("tier2-f") == 0
     status, body, _ = admin_call(served.root, "GET", "/admin/limits?scope=provider:spent")
+    assert status == 200
     assert all(c["reserved"] == 0 for c in body["data"])
 
 

@@ -148,6 +148,7 @@ def _deployment(root: str, alias: str, model: str) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("untraced")
 @pytest.mark.parametrize("variant", ["with-fallback", "alone"])
 def test_failing_primary_stays_within_the_retry_budget(tmp_path: Path, variant: str) -> None:
     alias, primary, fallback = ("smart", "primary-x", "fallback-y")
@@ -289,6 +290,7 @@ def _rows(data_dir: Path, key_id: str) -> list[sqlite3.Row]:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("untraced")
 def test_client_disconnects_cancel_upstream_and_settle(tmp_path: Path) -> None:
     emu = Witness()
     emu.start_in_thread()

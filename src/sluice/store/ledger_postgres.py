@@ -45,6 +45,7 @@ _CONTENT = (
     " ON CONFLICT (request_id) DO UPDATE SET request = EXCLUDED.request, response = EXCLUDED.response"
 )
 RECONCILE_EVERY_S = 60.0
+ACQUIRE_TIMEOUT_S = 5.0
 MAX_CARRY = 200_000
 CLOSE_WAIT_S = 15.0
 
@@ -95,7 +96,9 @@ class PostgresLedger:
         """Wait until everything queued so far is committed."""
         target = self._queued
         async with self._progress:
-            await self._progress.wait_for(lambda: self._committed >= target or self._task is None)
+            await self._progress.wait_for(
+                lambda: self._committed >= target or self._task is None or self._task.done()
+            )
 
     async def close(self) -> None:
         """Commit what is left, stop the writer and close the pool."""
@@ -131,7 +134,7 @@ class PostgresLedger:
                 async with self._progress:
                     self._committed = upto
                     self._progress.notify_all()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except Exception:  # whatever the driver raised, the writer must live on and retry
                 self._health.failed()
                 log.warning("ledger write failed; retrying in %.1fs", backoff, exc_info=True)
                 self._items = (batch + self._items)[-MAX_CARRY:]
@@ -141,7 +144,8 @@ class PostgresLedger:
     async def _write(self, batch: list[Item]) -> None:
         rows, contents = coalesce(batch)
         assert self._pool is not None
-        async with self._pool.acquire() as conn, conn.transaction():
+        # bounded: after a server restart, asyncpg's pool can leave an acquire waiting for good
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
             await conn.executemany(_INSERT, rows)
             if contents:
                 await conn.executemany(_CONTENT, [(c.request_id, c.request, c.response) for c in contents])
@@ -151,7 +155,7 @@ class PostgresLedger:
         assert self._pool is not None
         try:
             done = await self._pool.execute(INTERRUPT_SQL.format("$1"), cutoff)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except Exception:  # retried at the next round; the writer must not die of it
             log.warning("ledger: could not mark interrupted requests", exc_info=True)
             return
         if done != "UPDATE 0":

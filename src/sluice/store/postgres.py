@@ -129,6 +129,10 @@ _UPDATE_KEY = (
 )
 
 
+CONNECT_TIMEOUT_S = 5.0
+COMMAND_TIMEOUT_S = 120.0
+
+
 async def migrated_pool(dsn: str, max_size: int = 4) -> asyncpg.Pool:
     """Bring the schema up to date (once, whoever starts first), then open a pool."""
     conn = await asyncpg.connect(dsn)
@@ -136,7 +140,11 @@ async def migrated_pool(dsn: str, max_size: int = 4) -> asyncpg.Pool:
         await migrate(conn)
     finally:
         await conn.close()
-    return await asyncpg.create_pool(dsn, min_size=1, max_size=max_size)
+    # bounded waits: a server that accepts a connection but is still starting (or a dead peer) must fail
+    # the attempt, which is retried, instead of holding the ledger's writer for asyncpg's default minute
+    return await asyncpg.create_pool(
+        dsn, min_size=1, max_size=max_size, timeout=CONNECT_TIMEOUT_S, command_timeout=COMMAND_TIMEOUT_S
+    )
 
 
 class PostgresStore:
