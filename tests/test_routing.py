@@ -292,10 +292,14 @@ def test_a_provider_account_with_nothing_left_is_passed_over(served: Served) -> 
         ("deepseek", "tier-f"),
     ]
     assert served.calls("tier-p") == 2
+    raw = served.chat("tier")  # the paid account serves, with the worst case reserved like any request
+    row = served.ledger_row(raw.headers["x-sluice-request-id"])
+    assert (row["provider"], row["status"]) == ("deepseek", "ok")
+    assert row["reserved_nanos"] > 0 and row["reserved_output_tokens"] == 20
     status, body, _ = admin_call(served.root, "GET", "/admin/limits?scope=provider:free")
     assert status == 200
     assert [(c["metric"], c["spent"], c["reserved"]) for c in body["data"]] == [("requests", 2, 0)]
-    skipped = 'sluice_fallbacks_skipped_total{alias="tier",provider="free",reason="provider_limit"} 1.0'
+    skipped = 'sluice_fallbacks_skipped_total{alias="tier",provider="free",reason="provider_limit"} 2.0'
     assert skipped in served.metrics()
 
 

@@ -244,7 +244,7 @@ class Walk:
         return None if self.tried is None else self.tried.get(dep_id)
 
 
-Attempt_ = Callable[[Deployment, Walk], Awaitable[T]]
+CallOne = Callable[[Deployment, Walk], Awaitable[T]]
 
 
 class Gateway:
@@ -334,6 +334,7 @@ class Gateway:
         open the ledger row before any provider is called. A refusal reaches no provider, reserves
         nothing."""
         walk = self._plan(routes, entry, cap, choices)
+        worst = (entry.reserved_nanos, entry.reserved_input_tokens, entry.reserved_output_tokens)
         while True:
             self._enter(entry, walk.current.dep)
             if self._limiter.free(entry):
@@ -346,6 +347,8 @@ class Gateway:
                 if err.headers.get("x-sluice-limit-scope") != account or not self._skip(entry, walk):
                     raise  # refused: nothing reserved, no provider called, nothing to charge
                 self.metrics.count("skipped", entry.alias, account[9:], "provider_limit")
+                # a refusal clears what the entry reserved: the next candidate asks for the same
+                entry.reserved_nanos, entry.reserved_input_tokens, entry.reserved_output_tokens = worst
         walk.held = entry.provider
         self._ledger.open(entry)
         return walk
@@ -375,7 +378,7 @@ class Gateway:
     # --- the attempt loop -------------------------------------------------------------------------------
 
     async def _serve(
-        self, routes: Sequence[Route], entry: Entry, cap: int | None, choices: int, one: Attempt_[T]
+        self, routes: Sequence[Route], entry: Entry, cap: int | None, choices: int, one: CallOne[T]
     ) -> T:
         """Admit, then call candidates until one answers or no retry is left: the last error is raised."""
         walk = await self._admit(routes, entry, cap, choices)
