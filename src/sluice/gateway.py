@@ -485,13 +485,14 @@ class Gateway:
             pause = 0.0 if same else self._pause(walk, dep, entry.attempt_count)
             if now + pause >= walk.deadline:
                 return False  # the answer would come too late: the client gets this failure now
-            try:
+            if pause:  # the failed attempt stays the entry's own meanwhile: a client leaving settles it
+                await asyncio.sleep(pause)
+                now = loop.time()
+            try:  # reserved after the wait: a client that leaves during it leaves nothing reserved
                 hold = await self._account(entry, walk, dep) if nxt != walk.index else entry.provider_hold
                 break
             except (BudgetExceeded, LimitReached):
                 walk.mark(dep.id, float("inf"))  # not for this request
-        if pause:  # the failed attempt stays the entry's own meanwhile: a client leaving now settles it
-            await asyncio.sleep(pause)
         if nxt != walk.index:
             self._retire(entry, err)  # settles the failed attempt's own account reservation
             self.metrics.count("fallback", entry.alias, dep.target.provider)
