@@ -1,0 +1,196 @@
+"""When an alert is due: budget thresholds, projected overspend, spend anomalies, credit runway. Pure.
+
+Every rule looks at numbers the budgets already keep (a counter's spent amount, its cap, its window) or
+at the ledger's hourly spend, and answers with ``Finding``s. A finding has a ``key`` that names what it
+is about *in this period* (``threshold:key:k1:usd/day:d2026-11-25:80``): the delivery layer sends a key
+once, so an alert fires once per threshold per period, however many requests cross it and however many
+instances see them. Amounts are integers in the counter's unit (nano-dollars for ``usd``); rates and
+projections use integer arithmetic or ``Decimal``, never float, so a finding is the same on every
+instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, Decimal
+
+from sluice.limits.spec import Limit
+
+DEFAULT_THRESHOLDS = (50, 80, 95, 100)  # percent of a cap
+THRESHOLD, PROJECTED, ANOMALY, RUNWAY = "threshold", "projected_overspend", "spend_anomaly", "credit_runway"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """An alert that is due: what rule, about what, and the numbers a person needs to act."""
+
+    rule: str
+    key: str  # unique per subject and period: the unit of deduplication
+    scope: str  # key:ID, team:NAME, provider:NAME, …
+    summary: str  # one line for a human
+    facts: dict[str, int | str] = field(default_factory=dict)  # machine-readable details
+
+
+def thresholds_crossed(before: int, after: int, cap: int, thresholds: Sequence[int]) -> list[int]:
+    """The thresholds (percent of ``cap``) that ``after`` reaches and ``before`` did not."""
+    if cap <= 0 or after <= before:
+        return []
+    return [t for t in sorted(thresholds) if before * 100 < t * cap <= after * 100]
+
+
+def threshold_findings(
+    scope: str,
+    label: str,
+    limit: Limit,
+    window: str,
+    before: int,
+    after: int,
+    thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
+) -> list[Finding]:
+    """A finding per threshold that a settlement moved the scope's spend across, in this window."""
+    return [
+        Finding(
+            THRESHOLD,
+            f"{THRESHOLD}:{scope}:{limit.describe()}:{window}:{pct}",
+            scope,
+            f"{label} has used {pct} % of its {limit.describe()} cap",
+            {
+                "metric": limit.metric,
+                "period": limit.period,
+                "window": window,
+                "threshold_pct": pct,
+                "spent": after,
+                "cap": limit.amount,
+            },
+        )
+        for pct in thresholds_crossed(before, after, limit.amount, thresholds)
+    ]
+
+
+def projected_end(spent: int, start_us: int, now_us: int, end_us: int) -> int:
+    """The spend at the end of a window if the rate so far goes on (rounded up)."""
+    elapsed = now_us - start_us
+    if elapsed <= 0 or end_us <= start_us:
+        return spent
+    total = Decimal(spent) * Decimal(end_us - start_us) / Decimal(elapsed)
+    return int(total.to_integral_value(rounding=ROUND_CEILING))
+
+
+def reaches_cap_at(spent: int, cap: int, start_us: int, now_us: int) -> int | None:
+    """When (unix µs) the spend reaches ``cap`` at the rate so far; None if it never does (no spend)."""
+    elapsed = now_us - start_us
+    if spent <= 0 or elapsed <= 0:
+        return None
+    if spent >= cap:
+        return now_us
+    return start_us + -(-(cap * elapsed) // spent)
+
+
+def projected_overspend(
+    scope: str,
+    label: str,
+    limit: Limit,
+    window: str,
+    spent: int,
+    start_us: int,
+    now_us: int,
+    end_us: int,
+    *,
+    min_elapsed_share: Decimal = Decimal("0.05"),
+) -> Finding | None:
+    """A finding if the scope, at its rate so far this window, hits its cap before the window ends.
+
+    Too early in a window (less than ``min_elapsed_share`` of it gone) a rate means little: no finding.
+    Once the cap is reached the threshold rule has said it; no projection either."""
+    length = end_us - start_us
+    too_early = Decimal(now_us - start_us) < length * min_elapsed_share
+    if length <= 0 or spent >= limit.amount or too_early:
+        return None
+    at = reaches_cap_at(spent, limit.amount, start_us, now_us)
+    if at is None or at >= end_us:
+        return None
+    return Finding(
+        PROJECTED,
+        f"{PROJECTED}:{scope}:{limit.describe()}:{window}",
+        scope,
+        f"{label} is on course to reach its {limit.describe()} cap before the period ends",
+        {
+            "metric": limit.metric,
+            "period": limit.period,
+            "window": window,
+            "spent": spent,
+            "cap": limit.amount,
+            "projected": projected_end(spent, start_us, now_us, end_us),
+            "cap_reached_at_us": at,
+        },
+    )
+
+
+def spend_anomaly(
+    scope: str,
+    label: str,
+    hour_key: str,
+    last_hour: int,
+    previous_hours: Iterable[int],
+    *,
+    factor: int = 5,
+    floor: int = 1_000_000_000,
+) -> Finding | None:
+    """A finding if the last hour's spend is more than ``factor`` times the mean of the hours before
+    (and at least ``floor``, nano-dollars: $1 by default, so pennies never page anyone)."""
+    hours = list(previous_hours)
+    if last_hour < floor:
+        return None
+    baseline = -(-sum(hours) // len(hours)) if hours else 0
+    if last_hour <= factor * baseline:
+        return None
+    return Finding(
+        ANOMALY,
+        f"{ANOMALY}:{scope}:{hour_key}",
+        scope,
+        f"{label} spent far more in the last hour than usual",
+        {"last_hour": last_hour, "baseline_per_hour": baseline, "factor": factor, "hour": hour_key},
+    )
+
+
+def runway_days(remaining: int, burn_per_day: int) -> int | None:
+    """Whole days of credit left at ``burn_per_day`` (None: nothing is being spent)."""
+    if burn_per_day <= 0:
+        return None
+    return max(remaining, 0) // burn_per_day
+
+
+def credit_runway(
+    provider: str,
+    remaining: int | None,
+    burn_per_day: int,
+    days_to_expiry: int | None,
+    day_key: str,
+    *,
+    warn_days: int = 7,
+) -> Finding | None:
+    """A finding (once a day) if a free or trial account runs out of credit, or expires, within
+    ``warn_days`` days."""
+    left = runway_days(remaining, burn_per_day) if remaining is not None else None
+    reasons = []
+    if left is not None and left <= warn_days:
+        reasons.append(f"credit runs out in {left} day(s) at the current burn")
+    if days_to_expiry is not None and days_to_expiry <= warn_days:
+        reasons.append(f"the plan expires in {max(days_to_expiry, 0)} day(s)")
+    if not reasons:
+        return None
+    facts: dict[str, int | str] = {"burn_per_day": burn_per_day, "day": day_key}
+    if remaining is not None:
+        facts["remaining"] = remaining
+    if left is not None:
+        facts["days_of_credit"] = left
+    if days_to_expiry is not None:
+        facts["days_to_expiry"] = days_to_expiry
+    return Finding(
+        RUNWAY,
+        f"{RUNWAY}:provider:{provider}:{day_key}",
+        f"provider:{provider}",
+        f"provider {provider!r}: " + "; ".join(reasons),
+        facts,
+    )

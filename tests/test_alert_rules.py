@@ -1,0 +1,141 @@
+"""The alert rules (sluice.alerts.rules): when a threshold, an overspend, an anomaly or a runway alert is
+due, with integer money and one key per subject and period (the unit of deduplication)."""
+
+from __future__ import annotations
+
+import itertools
+from decimal import Decimal
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sluice.alerts.rules import (
+    ANOMALY,
+    PROJECTED,
+    RUNWAY,
+    THRESHOLD,
+    credit_runway,
+    projected_end,
+    projected_overspend,
+    reaches_cap_at,
+    runway_days,
+    spend_anomaly,
+    threshold_findings,
+    thresholds_crossed,
+)
+from sluice.limits.spec import Limit
+
+USD_DAY = Limit("usd", "day", 10_000_000_000)  # $10 a day, in nano-dollars
+DAY_US = 86_400_000_000
+START = 1_795_564_800_000_000  # 2026-11-25T00:00:00Z
+
+
+def test_each_threshold_is_crossed_once_on_the_way_to_the_cap() -> None:
+    spends = [0, 4_000_000_000, 5_000_000_000, 7_900_000_000, 9_600_000_000, 9_700_000_000, 12_000_000_000]
+    crossed = [
+        pct
+        for before, after in itertools.pairwise(spends)
+        for pct in thresholds_crossed(before, after, 10_000_000_000, (50, 80, 95, 100))
+    ]
+    assert crossed == [50, 80, 95, 100]
+
+
+def test_one_settlement_can_cross_several_thresholds() -> None:
+    assert thresholds_crossed(0, 10_000_000_000, 10_000_000_000, (50, 80, 95, 100)) == [50, 80, 95, 100]
+    assert thresholds_crossed(8_000_000_000, 8_000_000_000, 10_000_000_000, (80,)) == []  # no change
+    assert thresholds_crossed(9_000_000_000, 8_000_000_000, 10_000_000_000, (80,)) == []  # a refund
+    assert thresholds_crossed(0, 5, 0, (50,)) == []  # no cap, nothing to alert on
+
+
+@given(
+    st.lists(st.integers(0, 3_000_000_000), min_size=1, max_size=40),
+    st.integers(1, 20_000_000_000),
+)
+def test_thresholds_fire_exactly_once_whatever_the_steps(steps: list[int], cap: int) -> None:
+    """Spend rising in any steps crosses each threshold it reaches exactly once."""
+    spent, fired = 0, []
+    for step in steps:
+        fired += thresholds_crossed(spent, spent + step, cap, (50, 80, 95, 100))
+        spent += step
+    assert fired == [t for t in (50, 80, 95, 100) if spent * 100 >= t * cap]
+
+
+def test_threshold_findings_carry_scope_numbers_and_a_key_per_period() -> None:
+    found = threshold_findings("key:k1", "key 'app'", USD_DAY, "d2026-11-25", 4_000_000_000, 8_500_000_000)
+    assert [f.facts["threshold_pct"] for f in found] == [50, 80]
+    first = found[0]
+    assert first.rule == THRESHOLD
+    assert first.key == "threshold:key:k1:usd/day:d2026-11-25:50"
+    assert first.facts == {
+        "metric": "usd",
+        "period": "day",
+        "window": "d2026-11-25",
+        "threshold_pct": 50,
+        "spent": 8_500_000_000,
+        "cap": 10_000_000_000,
+    }
+    tomorrow = threshold_findings("key:k1", "key 'app'", USD_DAY, "d2026-11-26", 0, 5_000_000_000)
+    assert tomorrow[0].key != first.key  # a new period alerts again
+
+
+def test_projection_is_integer_and_rounds_up() -> None:
+    assert projected_end(1, START, START + 3, START + 10) == 4  # 3.33… → 4
+    assert projected_end(0, START, START + 3, START + 10) == 0
+    assert projected_end(7, START, START, START + 10) == 7  # no time elapsed: no rate yet
+    assert reaches_cap_at(0, 10, START, START + 5) is None
+    assert reaches_cap_at(5, 10, START, START + 5) == START + 10
+    assert reaches_cap_at(12, 10, START, START + 5) == START + 5  # already there
+
+
+def test_projected_overspend_fires_before_the_cap_is_reached() -> None:
+    # a quarter of the day gone, $4 of $10 spent: at this rate $16 by midnight, the cap at 15:00
+    now = START + DAY_US // 4
+    found = projected_overspend(
+        "key:k1", "key 'app'", USD_DAY, "d2026-11-25", 4_000_000_000, START, now, START + DAY_US
+    )
+    assert found is not None and found.rule == PROJECTED
+    assert found.key == "projected_overspend:key:k1:usd/day:d2026-11-25"
+    assert found.facts["projected"] == 16_000_000_000
+    assert found.facts["cap_reached_at_us"] == START + 15 * 3_600_000_000
+    assert found.facts["spent"] == 4_000_000_000 < found.facts["cap"]  # type: ignore[operator]
+
+
+def test_no_projection_when_on_course_too_early_or_already_over() -> None:
+    half = START + DAY_US // 2
+    on_course = projected_overspend("key:k1", "k", USD_DAY, "d", 4_000_000_000, START, half, START + DAY_US)
+    assert on_course is None  # $8 by midnight: under the cap
+    early = START + DAY_US // 100  # 1 % of the day: a rate means little yet
+    assert (
+        projected_overspend("key:k1", "k", USD_DAY, "d", 1_000_000_000, START, early, START + DAY_US) is None
+    )
+    over = projected_overspend("key:k1", "k", USD_DAY, "d", 10_000_000_000, START, half, START + DAY_US)
+    assert over is None  # the cap is reached: the threshold rule has said so
+    share = Decimal("0.001")
+    assert projected_overspend(
+        "key:k1", "k", USD_DAY, "d", 1_000_000_000, START, early, START + DAY_US, min_elapsed_share=share
+    )
+
+
+def test_a_runaway_hour_is_an_anomaly_and_a_busy_normal_one_is_not() -> None:
+    baseline = [1_000_000_000, 2_000_000_000, 1_500_000_000]  # $1.50 an hour on average
+    found = spend_anomaly("key:k1", "key 'agent'", "h2026-11-25T13", 20_000_000_000, baseline)
+    assert found is not None and found.rule == ANOMALY
+    assert found.key == "spend_anomaly:key:k1:h2026-11-25T13"
+    assert found.facts["baseline_per_hour"] == 1_500_000_000
+    assert spend_anomaly("key:k1", "k", "h", 7_000_000_000, baseline) is None  # under 5 times the mean
+    assert spend_anomaly("key:k1", "k", "h", 500_000_000, []) is None  # under the $1 floor
+    assert spend_anomaly("key:k1", "k", "h", 2_000_000_000, []) is not None  # a new scope's first dollars
+
+
+def test_runway_counts_whole_days_and_expiry() -> None:
+    assert runway_days(10, 3) == 3
+    assert runway_days(-5, 3) == 0
+    assert runway_days(10, 0) is None
+    found = credit_runway("groq", 5_000_000_000, 1_000_000_000, 30, "d2026-11-25")
+    assert found is not None and found.rule == RUNWAY and found.facts["days_of_credit"] == 5
+    assert found.scope == "provider:groq" and found.key == "credit_runway:provider:groq:d2026-11-25"
+    expiring = credit_runway("trial", None, 0, 3, "d2026-11-25")
+    assert expiring is not None and "expires in 3 day(s)" in expiring.summary
+    assert "remaining" not in expiring.facts
+    assert credit_runway("groq", 50_000_000_000, 1_000_000_000, 30, "d") is None  # 50 days left
+    assert credit_runway("groq", 50_000_000_000, 0, None, "d") is None  # nothing burns
