@@ -218,6 +218,7 @@ class Walk:
     """One request's way through its candidates: what it tried, and what the last failure said."""
 
     candidates: Sequence[Candidate]
+    started: float  # loop time: when the request was planned
     deadline: float  # loop time: no attempt starts, nor lasts, beyond it
     commit_at: float  # loop time: the end of a stream's pre-commit window
     index: int = 0  # the candidate being tried
@@ -269,8 +270,12 @@ class Gateway:
         for route in routes.values():  # every deployment known from the start (another instance may
             for dep in route.deployments:  # report on one this process has not used yet)
                 self.health.state_of(dep)
-        # an alias with one deployment always has the same plan (its worst case is on the entry)
-        self._solo = {a: (Candidate(r.solo, r, 0),) for a, r in routes.items() if r.solo is not None}
+        # an alias with one priced deployment always has the same plan (its worst case is on the entry)
+        self._solo = {
+            alias: (Candidate(only, route, 0),)
+            for alias, route in routes.items()
+            if (only := route.solo) is not None
+        }
         self.budget = RetryBudget(self.settings.retry_budget_ratio, self.settings.retry_budget_min)
         self.rng = random.Random()  # load spreading and jitter, not secrets
         # told when this process ejects or re-admits a deployment (dep id, seconds ejected, ejections)
@@ -296,37 +301,39 @@ class Gateway:
         """The candidates in order, and the worst case reserved: the dearest of them."""
         prompt = self._limiter.prompt_tokens(entry.body_bytes)
         now = asyncio.get_running_loop().time()
-        solo = routes[0].solo if len(routes) == 1 else None
+
+        def output(dep: Deployment) -> int:  # the most output tokens the request may get from ``dep``
+            return (dep.target.max_output_tokens if cap is None else cap) * choices
+
+        solo = self._solo.get(routes[0].alias) if len(routes) == 1 else None
         if solo is not None:  # the common case: nothing to order or leave out
-            out = (solo.target.max_output_tokens if cap is None else cap) * choices
-            entry.reserved_nanos = solo.pricer.worst_nanos(prompt, out, entry.ts_us)
-            entry.output_cap = entry.reserved_output_tokens = out
-            entry.reserved_input_tokens = prompt
-            total = self._upstream.total_s(solo.target.provider)
-            return Walk(self._solo[routes[0].alias], now + total, now + self.settings.stream_commit_s)
-
-        def worst(dep: Deployment) -> int:
-            out = (dep.target.max_output_tokens if cap is None else cap) * choices
-            return dep.pricer.worst_nanos(prompt, out, entry.ts_us)
-
-        candidates, skipped = plan(routes, self.health, self.rng, worst, now)
-        for dep, reason in skipped:
-            self.metrics.count("skipped", routes[0].alias, dep.target.provider, reason)
-        if not candidates:
-            raise ModelUnpriced(
-                f"The model '{routes[0].alias}' has no known price; the operator must configure one (or a "
-                "ceiling) before it can be used.",
-                param="model",
+            dep = solo[0].dep
+            candidates: Sequence[Candidate] = solo
+            entry.output_cap = output(dep)
+            entry.reserved_nanos = dep.pricer.worst_nanos(prompt, entry.output_cap, entry.ts_us)
+        else:
+            candidates, skipped = plan(
+                routes,
+                self.health,
+                self.rng,
+                lambda d: d.pricer.worst_nanos(prompt, output(d), entry.ts_us),
+                now,
             )
-        first = candidates[0].dep
-        entry.output_cap = max(
-            (c.dep.target.max_output_tokens if cap is None else cap) * choices for c in candidates
-        )
-        entry.reserved_nanos = max(c.worst for c in candidates)
+            for skip, reason in skipped:
+                self.metrics.count("skipped", routes[0].alias, skip.target.provider, reason)
+            if not candidates:
+                raise ModelUnpriced(
+                    f"The model '{routes[0].alias}' has no known price; the operator must configure one (or "
+                    "a ceiling) before it can be used.",
+                    param="model",
+                )
+            dep = candidates[0].dep
+            entry.output_cap = max(output(c.dep) for c in candidates)
+            entry.reserved_nanos = max(c.worst for c in candidates)
         entry.reserved_input_tokens = prompt
         entry.reserved_output_tokens = entry.output_cap
-        total = self._upstream.total_s(first.target.provider)
-        return Walk(candidates, now + total, now + self.settings.stream_commit_s)
+        total = self._upstream.total_s(dep.target.provider)
+        return Walk(candidates, now, now + total, now + self.settings.stream_commit_s)
 
     async def _admit(self, routes: Sequence[Route], entry: Entry, cap: int | None, choices: int = 1) -> Walk:
         """Plan, refuse what cannot be priced, reserve the worst case on every budget (and the first
@@ -383,7 +390,7 @@ class Gateway:
         """Admit, then call candidates until one answers or no retry is left: the last error is raised."""
         walk = await self._admit(routes, entry, cap, choices)
         budget = self.budget
-        budget.arrived(asyncio.get_running_loop().time())
+        budget.arrived(walk.started)
         try:
             while True:  # one upstream call per turn, awaited here (each coroutine layer costs per await)
                 dep, st, probe = self._attempting(entry, walk)
@@ -415,7 +422,8 @@ class Gateway:
         attempt is its half-open probe."""
         dep = walk.current.dep
         st = self.health.state_of(dep)
-        probe = self.health.started(st, asyncio.get_running_loop().time())
+        # the clock is read only for a deployment that was ejected (due for a probe, perhaps)
+        probe = st.ejected_until != 0.0 and self.health.started(st, asyncio.get_running_loop().time())
         walk.spare_key = False
         walk.retry_after = 0.0
         entry.pricer = dep.pricer  # from here the provider may be reached (and may bill)
@@ -446,8 +454,8 @@ class Gateway:
             self._told(st.id, 0.0, 0)
 
     def _skip(self, entry: Entry, walk: Walk) -> bool:
-        """Move to the next candidate without an attempt (its account is full); False if none is left."""
-        entry.provider_hold = None
+        """At admission, move to the next candidate (the first one's account is full); False if none is
+        left."""
         if walk.index + 1 >= len(walk.candidates):
             return False
         walk.index += 1

@@ -160,10 +160,6 @@ class Metrics:
         key = (name, *labels)
         self._routing[key] = self._routing.get(key, 0) + 1
 
-    def routing(self, name: str) -> dict[tuple[str, ...], int]:
-        """This process's counts of one routing event, by labels."""
-        return {k[1:]: v for k, v in self._routing.items() if k[0] == name}
-
     # --- sharing between workers ------------------------------------------------------------------------
 
     def totals(self) -> Totals:

@@ -144,7 +144,7 @@ class Limiter:
     def record(self, entry: Entry, body_bytes: int) -> None:
         """Record the request's worst case on its entry (a row a crash leaves pending is settled at it)."""
         assert entry.pricer is not None, "a deployment is chosen first"
-        prompt = -(-body_bytes // self._bytes_per_token)
+        prompt = self.prompt_tokens(body_bytes)
         entry.reserved_nanos = entry.pricer.worst_nanos(prompt, entry.output_cap, entry.ts_us)
         entry.reserved_input_tokens = prompt
         entry.reserved_output_tokens = entry.output_cap

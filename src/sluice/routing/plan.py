@@ -63,22 +63,30 @@ def plan(
     now: float,
 ) -> tuple[list[Candidate], list[tuple[Deployment, str]]]:
     """The candidates in order, and the deployments left out with why (``unpriced`` or ``price``)."""
+    known: dict[str, int] = {}
+
+    def cost(dep: Deployment) -> int:  # asked once per deployment (lowest-cost orders by it, too)
+        value = known.get(dep.id)
+        if value is None:
+            value = known[dep.id] = worst(dep)
+        return value
+
     seen: set[str] = set()
     priced: list[Candidate] = []
     skipped: list[tuple[Deployment, str]] = []
     for route in routes:
-        for dep in ordered(route, health, rng, worst):
+        for dep in ordered(route, health, rng, cost):
             if dep.id in seen:
                 continue
             seen.add(dep.id)
             if not dep.pricer.chargeable:
                 skipped.append((dep, UNPRICED))
                 continue
-            cost = worst(dep)
-            if priced and not dep.allow_pricier and cost > priced[0].worst * route.max_price_ratio:
+            nanos = cost(dep)
+            if priced and not dep.allow_pricier and nanos > priced[0].worst * route.max_price_ratio:
                 skipped.append((dep, PRICE))
                 continue
-            priced.append(Candidate(dep, route, cost))
+            priced.append(Candidate(dep, route, nanos))
     usable = [c for c in priced if health.state_of(c.dep).admits(now)]
     if not usable and priced:  # everything is ejected: the one back soonest, rather than nothing
         usable = [min(priced, key=lambda c: health.states[c.dep.id].ejected_until)]
