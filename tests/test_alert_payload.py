@@ -14,7 +14,7 @@ from sluice.limits.spec import Limit
 
 SECRET = "whsec-test-0123456789abcdef"  # a test secret
 FINDING = threshold_findings(
-    "key:k1", "key 'app'", Limit("usd", "day", 10_000_000_000), "d2026-11-25", 0, 8_000_000_000
+    "key:k1", "key 'app'", Limit("usd", "day", 10_000_000_000), "d2026-11-25", 8_000_000_000
 )[1]
 NOW_US = 1_795_612_300_000_000  # 2026-11-25T13:11:40Z
 
@@ -81,5 +81,5 @@ def test_slack_shows_money_in_dollars() -> None:
     text = orjson.loads(slack(FINDING))["text"]
     assert text.startswith("*Sluice alert:* key 'app' has used 80 % of its usd/day cap")
     assert "• spent: $8.00" in text and "• cap: $10.00" in text and "• threshold_pct: 80" in text
-    tokens = threshold_findings("key:k1", "k", Limit("tokens", "day", 1000), "d", 0, 900)[0]
+    tokens = threshold_findings("key:k1", "k", Limit("tokens", "day", 1000), "d", 900)[0]
     assert "• spent: 900" in orjson.loads(slack(tokens))["text"]  # tokens stay tokens

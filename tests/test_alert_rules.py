@@ -3,7 +3,6 @@ due, with integer money and one key per subject and period (the unit of deduplic
 
 from __future__ import annotations
 
-import itertools
 from decimal import Decimal
 
 from hypothesis import given
@@ -11,17 +10,22 @@ from hypothesis import strategies as st
 
 from sluice.alerts.rules import (
     ANOMALY,
+    HEALTH,
     PROJECTED,
     RUNWAY,
     THRESHOLD,
+    Allowance,
     credit_runway,
+    ejected,
+    fallback_share,
+    last_deployment,
     projected_end,
     projected_overspend,
     reaches_cap_at,
     runway_days,
     spend_anomaly,
     threshold_findings,
-    thresholds_crossed,
+    thresholds_reached,
 )
 from sluice.limits.spec import Limit
 
@@ -30,38 +34,40 @@ DAY_US = 86_400_000_000
 START = 1_795_564_800_000_000  # 2026-11-25T00:00:00Z
 
 
-def test_each_threshold_is_crossed_once_on_the_way_to_the_cap() -> None:
-    spends = [0, 4_000_000_000, 5_000_000_000, 7_900_000_000, 9_600_000_000, 9_700_000_000, 12_000_000_000]
-    crossed = [
-        pct
-        for before, after in itertools.pairwise(spends)
-        for pct in thresholds_crossed(before, after, 10_000_000_000, (50, 80, 95, 100))
-    ]
-    assert crossed == [50, 80, 95, 100]
+def test_thresholds_reached_are_those_at_or_below_the_spend() -> None:
+    cap = 10_000_000_000
+    assert thresholds_reached(4_999_999_999, cap, (50, 80, 95, 100)) == []
+    assert thresholds_reached(5_000_000_000, cap, (50, 80, 95, 100)) == [50]
+    assert thresholds_reached(9_600_000_000, cap, (50, 80, 95, 100)) == [50, 80, 95]
+    assert thresholds_reached(12_000_000_000, cap, (100, 50)) == [50, 100]
+    assert thresholds_reached(5, 0, (50,)) == []  # no cap, nothing to alert on
 
 
-def test_one_settlement_can_cross_several_thresholds() -> None:
-    assert thresholds_crossed(0, 10_000_000_000, 10_000_000_000, (50, 80, 95, 100)) == [50, 80, 95, 100]
-    assert thresholds_crossed(8_000_000_000, 8_000_000_000, 10_000_000_000, (80,)) == []  # no change
-    assert thresholds_crossed(9_000_000_000, 8_000_000_000, 10_000_000_000, (80,)) == []  # a refund
-    assert thresholds_crossed(0, 5, 0, (50,)) == []  # no cap, nothing to alert on
+def test_a_refusal_past_the_last_lower_threshold_means_the_cap_is_reached() -> None:
+    """Reservations refuse a request before spend touches the cap: that refusal is the 100 % moment,
+    once the spend is past every lower threshold (a huge request refused early is not)."""
+    cap = 10_000_000_000
+    assert thresholds_reached(9_600_000_000, cap, (50, 80, 95, 100), refused=True) == [50, 80, 95, 100]
+    assert thresholds_reached(9_000_000_000, cap, (50, 80, 95, 100), refused=True) == [50, 80]
+    assert thresholds_reached(0, cap, (100,), refused=True) == [100]  # no lower threshold to pass
+    assert thresholds_reached(9_600_000_000, cap, (50, 80, 95), refused=True) == [50, 80, 95]
 
 
 @given(
     st.lists(st.integers(0, 3_000_000_000), min_size=1, max_size=40),
     st.integers(1, 20_000_000_000),
 )
-def test_thresholds_fire_exactly_once_whatever_the_steps(steps: list[int], cap: int) -> None:
-    """Spend rising in any steps crosses each threshold it reaches exactly once."""
-    spent, fired = 0, []
+def test_rising_spend_reaches_each_threshold_once_in_order(steps: list[int], cap: int) -> None:
+    """Asked after every step, the new thresholds form one increasing sequence: each is reached once."""
+    spent, seen = 0, []
     for step in steps:
-        fired += thresholds_crossed(spent, spent + step, cap, (50, 80, 95, 100))
         spent += step
-    assert fired == [t for t in (50, 80, 95, 100) if spent * 100 >= t * cap]
+        seen += [t for t in thresholds_reached(spent, cap, (50, 80, 95, 100)) if t not in seen]
+    assert seen == [t for t in (50, 80, 95, 100) if spent * 100 >= t * cap]
 
 
 def test_threshold_findings_carry_scope_numbers_and_a_key_per_period() -> None:
-    found = threshold_findings("key:k1", "key 'app'", USD_DAY, "d2026-11-25", 4_000_000_000, 8_500_000_000)
+    found = threshold_findings("key:k1", "key 'app'", USD_DAY, "d2026-11-25", 8_500_000_000)
     assert [f.facts["threshold_pct"] for f in found] == [50, 80]
     first = found[0]
     assert first.rule == THRESHOLD
@@ -74,7 +80,7 @@ def test_threshold_findings_carry_scope_numbers_and_a_key_per_period() -> None:
         "spent": 8_500_000_000,
         "cap": 10_000_000_000,
     }
-    tomorrow = threshold_findings("key:k1", "key 'app'", USD_DAY, "d2026-11-26", 0, 5_000_000_000)
+    tomorrow = threshold_findings("key:k1", "key 'app'", USD_DAY, "d2026-11-26", 5_000_000_000)
     assert tomorrow[0].key != first.key  # a new period alerts again
 
 
@@ -139,3 +145,26 @@ def test_runway_counts_whole_days_and_expiry() -> None:
     assert "remaining" not in expiring.facts
     assert credit_runway("groq", 50_000_000_000, 1_000_000_000, 30, "d") is None  # 50 days left
     assert credit_runway("groq", 50_000_000_000, 0, None, "d") is None  # nothing burns
+
+
+def test_a_daily_request_allowance_mostly_used_and_spent_credit_are_runway_alerts() -> None:
+    used = credit_runway("groq", None, 0, None, "d", allowance=Allowance(1000, 850))
+    assert used is not None and "850 of 1000 daily requests used" in used.summary
+    assert used.facts["requests_today"] == 850
+    assert credit_runway("groq", None, 0, None, "d", allowance=Allowance(1000, 799)) is None
+    gone = credit_runway("groq", 0, 0, None, "d")
+    assert gone is not None and "used up" in gone.summary
+
+
+def test_health_findings_are_keyed_per_subject_and_bucket() -> None:
+    first = ejected("p/m", ["chat"], 5.0, "b1")
+    assert first.rule == HEALTH and first.key == "provider_health:ejected:p/m:b1"
+    assert first.scope == "deployment:p/m" and first.facts["aliases"] == "chat"
+    assert ejected("p/m", ["chat"], 10.0, "b2").key != first.key
+    last = last_deployment("chat", "q/m", "b1")
+    assert last.scope == "alias:chat" and "last deployment" in last.summary
+    served = {"p/m": 5, "q/m": 15}
+    share = fallback_share("chat", "p/m", served, "b1")
+    assert share is not None and share.facts["fallback"] == 15 and share.facts["requests"] == 20
+    assert fallback_share("chat", "p/m", {"p/m": 10, "q/m": 10}, "b1") is None  # half is not most
+    assert fallback_share("chat", "p/m", {"q/m": 19}, "b1") is None  # too few requests to judge

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from sluice.errors import ModelUnpriced, SluiceError
 from sluice.keys.policy import Attribution
@@ -36,6 +37,7 @@ class Accounting:
         self.limiter = limiter
         # unix µs: the one clock that dates rows and decides budget periods (the counters' clock)
         self.clock = limiter.counters.clock
+        self.on_settled: Callable[[Entry], None] | None = None  # the alerts' note of a settlement
 
     def begin(
         self,
@@ -101,6 +103,8 @@ class Accounting:
         self.limiter.settle(entry)
         self.ledger.settle(entry, content)
         self.metrics.observe(entry)
+        if self.on_settled is not None:
+            self.on_settled(entry)
 
     def _charge(
         self,

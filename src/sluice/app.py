@@ -12,6 +12,8 @@ from typing import TypeVar
 import orjson
 
 from sluice.accounting import Accounting
+from sluice.alerts.channels import open_channels
+from sluice.alerts.service import AlertService
 from sluice.api.asgi import SluiceAPI
 from sluice.config_file import resolve_secret
 from sluice.errors import ConfigError
@@ -26,6 +28,7 @@ from sluice.limits.limiter import Limiter
 from sluice.metrics import SHARED_ENV, Metrics
 from sluice.pricebook import load_sheets
 from sluice.providers.presets import PRESETS
+from sluice.routing.health import EJECTED
 from sluice.routing.table import Route, build_routes
 from sluice.settings import Config, ProviderSettings
 from sluice.store.broadcast import HEALTH_PREFIX, PROVIDER_KEYS_CHANGED, KeyBroadcast
@@ -40,6 +43,7 @@ from sluice.upstream import ProviderEndpoint, Upstream
 log = logging.getLogger("sluice")
 T = TypeVar("T")
 DB_FILE = "sluice.db"
+ALERT_CLAIM_TTL_S = 40 * 86_400  # longer than any period but the total; the alert log keeps keys for good
 
 
 @dataclass(slots=True)
@@ -193,6 +197,46 @@ async def _quietly(call: Awaitable[object]) -> None:
         log.warning("could not tell the other instances about a deployment's health", exc_info=True)
 
 
+def open_alerts(
+    config: Config,
+    environ: Mapping[str, str],
+    store: KeyStore,
+    ledger: Ledger,
+    limiter: Limiter,
+    metrics: Metrics,
+    gateway: Gateway | None = None,
+) -> AlertService:
+    """The alert rules and channels of the config (not started; the CLI uses one to send a test)."""
+    counters = limiter.counters
+    claim = None
+    if isinstance(counters, RedisCounters):
+        shared = counters
+
+        async def claim(key: str) -> bool:
+            return await shared.claim_once(key, ALERT_CLAIM_TTL_S)
+
+    in_service = None
+    if gateway is not None:
+        health = gateway.health
+
+        def in_service(route: Route) -> list[str]:
+            now = asyncio.get_running_loop().time()
+            return [d.id for d in route.deployments if health.state_of(d).status(now) != EJECTED]
+
+    return AlertService(
+        config.alerts,
+        open_channels(config.alerts.channels, environ),
+        store,
+        ledger,
+        counters,
+        metrics,
+        providers=config.providers,
+        routes=gateway.routes if gateway is not None else None,
+        in_service=in_service,
+        claim=claim,
+    )
+
+
 def create_app(
     config: Config,
     environ: Mapping[str, str],
@@ -239,14 +283,18 @@ def create_app(
         background.add(task)
         task.add_done_callback(background.discard)
 
-    if broadcast is not None:
-        loud = broadcast  # ejections and re-admissions told to every instance
+    accounting = Accounting(ledger, metrics, limiter)
+    alerts = open_alerts(config, environ, svc.store, ledger, limiter, metrics, gateway)
+    accounting.on_settled = alerts.settled
+    limiter.on_refusal = alerts.refused
 
-        def tell(dep_id: str, seconds: float, ejections: int) -> None:
+    def health_changed(dep_id: str, seconds: float, ejections: int) -> None:
+        alerts.ejected(dep_id, seconds, ejections)
+        if broadcast is not None:  # ejections and re-admissions told to every instance
             note = orjson.dumps({"id": dep_id, "s": seconds, "n": ejections}).decode()
-            spawn(_quietly(loud.publish(HEALTH_PREFIX + note)))
+            spawn(_quietly(broadcast.publish(HEALTH_PREFIX + note)))
 
-        gateway.on_health = tell
+    gateway.on_health = health_changed
 
     def heard(message: str) -> None:
         if message.startswith(HEALTH_PREFIX):
@@ -261,8 +309,6 @@ def create_app(
             spawn(load_provider_keys())
         else:
             svc.keys.forget(message)
-
-    accounting = Accounting(ledger, metrics, limiter)
 
     async def ready() -> dict[str, bool]:
         try:
@@ -284,8 +330,10 @@ def create_app(
         if broadcast is not None:
             await broadcast.start(heard)
         await metrics.start()
+        await alerts.start()
 
     async def shutdown() -> None:
+        await alerts.close()
         if broadcast is not None:
             await broadcast.close()
         await limiter.counters.close()
@@ -305,5 +353,6 @@ def create_app(
         public_metrics=config.server.public_metrics,
     )
     api.provider_keys = svc.provider_keys
+    api.alerts = alerts
     api.provider_keys_changed = provider_keys_changed
     return api

@@ -18,6 +18,7 @@
     ├── ServiceUnavailable           503 service_unavailable
     │   └── CountersUnavailable      503 counters_unavailable (a capped request cannot be checked: refused)
     ├── VaultError                   500 vault_error (a stored secret cannot be decrypted; shows no key)
+    ├── DeliveryFailed               502 alert_delivery_failed (a channel did not take an alert)
     └── ConfigError                  a config file that does not validate (never reaches HTTP)
 
 Each class knows its status, OpenAI ``type`` and ``code``. ``sluice.api.errors`` renders them; no other
@@ -50,6 +51,7 @@ class SluiceError(Exception):
         if code is not None:
             self.code = code
         self.headers: dict[str, str] = dict(headers or {})
+        self.detail: object = None  # what a watcher may need about it (a refusal's counter), never rendered
 
 
 class ClientError(SluiceError):
@@ -180,6 +182,14 @@ class VaultError(SluiceError):
 
     status = 500
     code = "vault_error"
+
+
+class DeliveryFailed(SluiceError):
+    """An alert channel did not accept an alert (retried in the background; shown by the test command)."""
+
+    status = 502
+    type = "server_error"
+    code = "alert_delivery_failed"
 
 
 class ConfigError(SluiceError):

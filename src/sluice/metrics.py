@@ -93,6 +93,12 @@ ROUTING: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ),
         ("alias", "provider", "reason"),
     ),
+    "alert": ("sluice_alerts", "Alerts fired (logged once across instances), by rule.", ("rule",)),
+    "alert_delivery": (
+        "sluice_alert_deliveries",
+        "Alert delivery attempts by channel and outcome: sent, retry (failed, tried again) or failed.",
+        ("channel", "outcome"),
+    ),
 }
 
 

@@ -7,6 +7,7 @@ Environment variables (where a field names one) override the file.
 from __future__ import annotations
 
 import os
+from datetime import date
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -199,6 +200,17 @@ class ProviderSettings(_Strict):
         "2026-10-21",
         "anthropic-version header for the anthropic preset. On 2026-10-21 temperature/top_p are dropped.",
     )
+    plan: Literal["paid", "free", "trial"] = setting(
+        "paid", "The account's plan: `free` and `trial` accounts are watched by the credit-runway alert."
+    )
+    credits_usd: Decimal | None = _cap(
+        "Credit granted on this account, in USD (the runway alert counts it down)."
+    )
+    credits_since: date | None = setting(
+        None, "When the credit was granted (spend is counted from this UTC day; default: all recorded spend)."
+    )
+    daily_requests: int | None = setting(None, "The plan's daily request allowance (UTC days).", ge=1)
+    expires: date | None = setting(None, "The day the free or trial plan ends (UTC).")
 
     @field_validator("preset")
     @classmethod
@@ -345,6 +357,129 @@ class RoutingSettings(_Strict):
     )
 
 
+ALERT_RULES = ("threshold", "projected_overspend", "spend_anomaly", "credit_runway", "provider_health")
+AlertRule = Literal["threshold", "projected_overspend", "spend_anomaly", "credit_runway", "provider_health"]
+
+
+class ChannelSettings(_Strict):
+    """Where alerts are sent: a generic webhook (JSON, HMAC-signed), a Slack incoming webhook, or email over
+    SMTP. Secrets (`secret`, `password`, and a Slack `url`, which is one) are `env:NAME` references."""
+
+    name: str = setting(..., "Unique name (`sluice alerts test NAME`).", min_length=1, pattern=r"^[\w.-]+$")
+    type: Literal["webhook", "slack", "email"] = setting(..., "webhook, slack or email.")
+    url: str | None = setting(None, "webhook and slack: where to POST (may be an `env:NAME` reference).")
+    secret: str | None = setting(None, "webhook: the HMAC-SHA256 signing secret, `env:NAME`.")
+    rules: list[AlertRule] | None = setting(None, "Which rules this channel receives (default: all).")
+    scopes: list[str] = setting(
+        [], "Only alerts about these scopes (glob patterns on the scope id, e.g. `key:*`, `team:search`)."
+    )
+    min_threshold: int = setting(0, "Threshold alerts below this percent are not sent here.", ge=0, le=100)
+    host: str | None = setting(None, "email: SMTP server host.")
+    port: int | None = setting(None, "email: SMTP port (default 587 for starttls, 465 for tls, 25).")
+    security: Literal["starttls", "tls", "none"] = setting(
+        "starttls", "email: STARTTLS upgrade, implicit TLS, or none (a trusted local relay only)."
+    )
+    username: str | None = setting(None, "email: SMTP login (`env:NAME` or literal).")
+    password: str | None = setting(None, "email: SMTP password, `env:NAME`.")
+    ca_file: str | None = setting(
+        None, "email: a CA bundle to trust for the server's certificate (a private relay)."
+    )
+    sender: str | None = setting(None, "email: the From address.")
+    to: list[str] = setting([], "email: recipients.")
+    timeout_s: float = setting(10.0, "Seconds one delivery attempt may take.", gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _complete(self) -> ChannelSettings:
+        if self.type in ("webhook", "slack"):
+            if not self.url:
+                raise ValueError(f"a {self.type} channel needs url")
+            if not self.url.startswith(("http://", "https://", "env:")):
+                raise ValueError("url must start with http:// or https:// (or be an env:NAME reference)")
+        if self.type == "webhook" and not self.secret:
+            raise ValueError("a webhook channel needs secret (env:NAME): receivers verify the signature")
+        if self.type == "email" and not (self.host and self.sender and self.to):
+            raise ValueError("an email channel needs host, sender and to")
+        for name in ("secret", "password"):
+            value = getattr(self, name)
+            if value is not None and not value.startswith("env:"):
+                raise ValueError(f"{name} must be an env:NAME reference, not a literal")
+        return self
+
+
+class AlertSettings(_Strict):
+    """Alerts before the bill (see docs/alerts.md): rules over the budgets' counters and the ledger, sent
+    to channels, deduplicated, logged and retried."""
+
+    rules: list[AlertRule] = setting(list(ALERT_RULES), "Which rules run.")
+    thresholds: list[int] = setting(
+        [50, 80, 95, 100], "Percent of a cap at which the threshold alert fires (once per period)."
+    )
+    projected_min_elapsed_pct: int = setting(
+        5, "Projected overspend waits until this share of the period has passed.", ge=0, le=100
+    )
+    anomaly_factor: int = setting(
+        5, "Spend anomaly: the last window above this many times the baseline.", ge=2
+    )
+    anomaly_min_usd: Decimal = setting(
+        Decimal(1), "Spend anomaly: ignore a window that spent less than this (USD).", ge=0, max_digits=24
+    )
+    anomaly_window_s: int = setting(3600, "Spend anomaly: the window compared (an hour).", ge=1)
+    anomaly_baseline_windows: int = setting(
+        24, "Spend anomaly: how many windows before it make the baseline.", ge=1
+    )
+    runway_warn_days: int = setting(
+        7, "Credit runway: warn when credit or plan ends within this many days.", ge=0
+    )
+    runway_requests_pct: int = setting(
+        80, "Credit runway: warn when this share of the daily request allowance is used.", ge=1, le=100
+    )
+    fallback_share_pct: int = setting(
+        50,
+        "Provider health: warn when fallbacks serve more than this share of an alias's requests.",
+        ge=1,
+        le=100,
+    )
+    fallback_min_requests: int = setting(
+        20, "Provider health: requests in the window before the share counts.", ge=1
+    )
+    health_window_s: int = setting(
+        300,
+        "Provider health: the window of the fallback share, and the bucket that deduplicates health alerts.",
+        ge=1,
+    )
+    evaluate_every_s: float = setting(
+        60.0, "How often the ledger rules (anomaly, runway, fallback share) run.", gt=0
+    )
+    settle_delay_s: float = setting(
+        0.2,
+        "Counter rules (thresholds, projection) run this long after a settlement, in batches.",
+        ge=0,
+        le=60,
+    )
+    attempts: int = setting(
+        5, "Delivery attempts per alert and channel before it is recorded failed.", ge=1, le=20
+    )
+    backoff_base_s: float = setting(
+        1.0, "Wait before the second attempt; doubled each time (jittered).", gt=0
+    )
+    backoff_max_s: float = setting(60.0, "Longest wait between attempts.", gt=0)
+    channels: list[ChannelSettings] = setting([], "Channels (see ChannelSettings).")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _percentages(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= t <= 100 for t in v):
+            raise ValueError("thresholds are percentages from 1 to 100")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _unique_channels(self) -> AlertSettings:
+        names = [c.name for c in self.channels]
+        if len(names) != len(set(names)):
+            raise ValueError("channel names must be unique")
+        return self
+
+
 class EmulatorSettings(_Strict):
     """The built-in provider emulator (used by the demo, `sluice emulate` and tests)."""
 
@@ -367,6 +502,7 @@ class Config(_Strict):
     allow_literal_keys: bool = setting(
         False, "Allow provider keys written literally in the file (a warning is logged)."
     )
+    alerts: AlertSettings = setting(AlertSettings(), "Alerts (see AlertSettings).")
     emulator: EmulatorSettings = setting(EmulatorSettings(), "Emulator settings (see EmulatorSettings).")
 
 
@@ -382,6 +518,8 @@ SECTIONS: tuple[type[BaseModel], ...] = (
     LimitSettings,
     PeriodAmounts,
     RoutingSettings,
+    AlertSettings,
+    ChannelSettings,
     EmulatorSettings,
 )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import UTC, datetime
+from email.message import EmailMessage
 from typing import Any
 
 import orjson
@@ -73,11 +74,34 @@ def usd(nanos: int) -> str:
     return f"{sign_}${whole}.{shown}"
 
 
-def slack(finding: Finding) -> bytes:
-    """A Slack incoming-webhook message: the summary, then the facts (money in dollars)."""
-    lines = [f"*Sluice alert:* {finding.summary}", f"scope `{finding.scope}` · rule `{finding.rule}`"]
+def _facts(finding: Finding) -> list[str]:
     money = finding.facts.get("metric", "usd") == "usd"
+    out = []
     for name, value in finding.facts.items():
         shown = usd(value) if money and name in USD_FACTS and isinstance(value, int) else str(value)
-        lines.append(f"• {name}: {shown}")
+        out.append(f"{name}: {shown}")
+    return out
+
+
+def slack(finding: Finding, *, test: bool = False) -> bytes:
+    """A Slack incoming-webhook message: the summary, then the facts (money in dollars)."""
+    title = "*Sluice test alert:*" if test else "*Sluice alert:*"
+    lines = [f"{title} {finding.summary}", f"scope `{finding.scope}` · rule `{finding.rule}`"]
+    lines += [f"• {line}" for line in _facts(finding)]
     return orjson.dumps({"text": "\n".join(lines)})
+
+
+def email(
+    alert_id: str, finding: Finding, created_us: int, sender: str, to: list[str], *, test: bool = False
+) -> EmailMessage:
+    """The alert as a plain-text email."""
+    msg = EmailMessage()
+    msg["Subject"] = f"[Sluice{' test' if test else ''}] {finding.summary}"
+    msg["From"] = sender
+    msg["To"] = ", ".join(to)
+    msg["Message-ID"] = f"<{alert_id}@sluice>"
+    created = datetime.fromtimestamp(created_us // 1_000_000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    lines = [finding.summary, "", f"scope: {finding.scope}", f"rule: {finding.rule}", *_facts(finding)]
+    lines += ["", f"alert {alert_id} at {created}", f"key: {finding.key}"]
+    msg.set_content("\n".join(lines) + "\n")
+    return msg

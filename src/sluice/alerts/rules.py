@@ -18,7 +18,8 @@ from decimal import ROUND_CEILING, Decimal
 from sluice.limits.spec import Limit
 
 DEFAULT_THRESHOLDS = (50, 80, 95, 100)  # percent of a cap
-THRESHOLD, PROJECTED, ANOMALY, RUNWAY = "threshold", "projected_overspend", "spend_anomaly", "credit_runway"
+THRESHOLD, PROJECTED, ANOMALY = "threshold", "projected_overspend", "spend_anomaly"
+RUNWAY, HEALTH = "credit_runway", "provider_health"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +33,20 @@ class Finding:
     facts: dict[str, int | str] = field(default_factory=dict)  # machine-readable details
 
 
-def thresholds_crossed(before: int, after: int, cap: int, thresholds: Sequence[int]) -> list[int]:
-    """The thresholds (percent of ``cap``) that ``after`` reaches and ``before`` did not."""
-    if cap <= 0 or after <= before:
+def thresholds_reached(
+    spent: int, cap: int, thresholds: Sequence[int], *, refused: bool = False
+) -> list[int]:
+    """The thresholds (percent of ``cap``) that ``spent`` has reached. Reservations make a cap refuse a
+    request before spend touches it, so 100 % is also reached when the cap refused a request once the
+    spend had passed every lower threshold: from then on the cap stops requests."""
+    if cap <= 0:
         return []
-    return [t for t in sorted(thresholds) if before * 100 < t * cap <= after * 100]
+    ordered = sorted(thresholds)
+    reached = [t for t in ordered if t * cap <= spent * 100]
+    lower = [t for t in ordered if t < 100]
+    if refused and 100 in ordered and 100 not in reached and (not lower or lower[-1] in reached):
+        reached.append(100)
+    return reached
 
 
 def threshold_findings(
@@ -44,27 +54,30 @@ def threshold_findings(
     label: str,
     limit: Limit,
     window: str,
-    before: int,
-    after: int,
+    spent: int,
     thresholds: Sequence[int] = DEFAULT_THRESHOLDS,
+    *,
+    refused: bool = False,
 ) -> list[Finding]:
-    """A finding per threshold that a settlement moved the scope's spend across, in this window."""
+    """A finding per threshold the scope's spend has reached in this window (the delivery layer sends each
+    key once, so asking again as spend grows is harmless)."""
     return [
         Finding(
             THRESHOLD,
             f"{THRESHOLD}:{scope}:{limit.describe()}:{window}:{pct}",
             scope,
-            f"{label} has used {pct} % of its {limit.describe()} cap",
+            f"{label} has used {pct} % of its {limit.describe()} cap"
+            + (": requests are being refused" if pct == 100 else ""),
             {
                 "metric": limit.metric,
                 "period": limit.period,
                 "window": window,
                 "threshold_pct": pct,
-                "spent": after,
+                "spent": spent,
                 "cap": limit.amount,
             },
         )
-        for pct in thresholds_crossed(before, after, limit.amount, thresholds)
+        for pct in thresholds_reached(spent, limit.amount, thresholds, refused=refused)
     ]
 
 
@@ -161,6 +174,15 @@ def runway_days(remaining: int, burn_per_day: int) -> int | None:
     return max(remaining, 0) // burn_per_day
 
 
+@dataclass(frozen=True, slots=True)
+class Allowance:
+    """A plan's daily request allowance and how much of it today has used."""
+
+    per_day: int
+    used_today: int
+    warn_pct: int = 80
+
+
 def credit_runway(
     provider: str,
     remaining: int | None,
@@ -169,18 +191,26 @@ def credit_runway(
     day_key: str,
     *,
     warn_days: int = 7,
+    allowance: Allowance | None = None,
 ) -> Finding | None:
     """A finding (once a day) if a free or trial account runs out of credit, or expires, within
-    ``warn_days`` days."""
+    ``warn_days`` days, or has used most of today's request allowance."""
     left = runway_days(remaining, burn_per_day) if remaining is not None else None
     reasons = []
-    if left is not None and left <= warn_days:
+    if remaining is not None and remaining <= 0:
+        reasons.append("the credit is used up")
+    elif left is not None and left <= warn_days:
         reasons.append(f"credit runs out in {left} day(s) at the current burn")
     if days_to_expiry is not None and days_to_expiry <= warn_days:
         reasons.append(f"the plan expires in {max(days_to_expiry, 0)} day(s)")
+    if allowance is not None and allowance.used_today * 100 >= allowance.warn_pct * allowance.per_day:
+        reasons.append(f"{allowance.used_today} of {allowance.per_day} daily requests used")
     if not reasons:
         return None
     facts: dict[str, int | str] = {"burn_per_day": burn_per_day, "day": day_key}
+    if allowance is not None:
+        facts["daily_requests"] = allowance.per_day
+        facts["requests_today"] = allowance.used_today
     if remaining is not None:
         facts["remaining"] = remaining
     if left is not None:
@@ -193,4 +223,57 @@ def credit_runway(
         f"provider:{provider}",
         f"provider {provider!r}: " + "; ".join(reasons),
         facts,
+    )
+
+
+def ejected(dep_id: str, aliases: Sequence[str], seconds: float, bucket: str) -> Finding:
+    """A deployment was ejected (once per deployment per health bucket, however many instances eject it)."""
+    return Finding(
+        HEALTH,
+        f"{HEALTH}:ejected:{dep_id}:{bucket}",
+        f"deployment:{dep_id}",
+        f"deployment {dep_id} was ejected for {seconds:.0f} s after repeated failures",
+        {"event": "ejected", "deployment": dep_id, "aliases": ",".join(aliases), "seconds": round(seconds)},
+    )
+
+
+def last_deployment(alias: str, serving: str, bucket: str) -> Finding:
+    """An alias has one deployment left in service: the next failure there is an outage."""
+    return Finding(
+        HEALTH,
+        f"{HEALTH}:last_deployment:{alias}:{bucket}",
+        f"alias:{alias}",
+        f"model {alias!r} is running on its last deployment ({serving}); the others are ejected",
+        {"event": "last_deployment", "alias": alias, "deployment": serving},
+    )
+
+
+def fallback_share(
+    alias: str,
+    primary: str,
+    served: dict[str, int],
+    bucket: str,
+    *,
+    share_pct: int = 50,
+    min_requests: int = 20,
+) -> Finding | None:
+    """A finding if deployments other than the alias's first choice served more than ``share_pct`` of its
+    requests in the window (``served``: requests per deployment id)."""
+    total = sum(served.values())
+    fallback = total - served.get(primary, 0)
+    if total < min_requests or fallback * 100 <= share_pct * total:
+        return None
+    return Finding(
+        HEALTH,
+        f"{HEALTH}:fallback_share:{alias}:{bucket}",
+        f"alias:{alias}",
+        f"fallbacks served {fallback} of {total} requests to {alias!r}: its first choice {primary} is "
+        "failing",
+        {
+            "event": "fallback_share",
+            "alias": alias,
+            "primary": primary,
+            "requests": total,
+            "fallback": fallback,
+        },
     )

@@ -10,6 +10,8 @@
     GET    /admin/limits?scope=PREFIX     budget counters: spent and reserved, per scope and period
     POST   /admin/provider-keys           store a provider key, encrypted (answers with its fingerprint)
     GET    /admin/provider-keys           list them (fingerprints only); DELETE /admin/provider-keys/{id}
+    GET    /admin/alerts?limit=N          the alert log, newest first, with each channel's delivery
+    POST   /admin/alerts/test             send a test alert to a channel ({"channel": NAME})
     GET    /admin/openapi.json            this API, described
 
 Store calls are awaited (SQLite's on a thread): the event loop never waits on the database.
@@ -26,7 +28,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sluice.api.openapi import admin_openapi
-from sluice.errors import InvalidRequest, MethodNotAllowed, NotFound
+from sluice.errors import DeliveryFailed, InvalidRequest, MethodNotAllowed, NotFound
 from sluice.keys.provider_keys import ProviderKeys
 from sluice.keys.spec import KeyChange, KeyCreate
 from sluice.ledger.entry import usd_text
@@ -34,6 +36,7 @@ from sluice.limits.spec import USD
 from sluice.store.keys import KeyRow, ProviderKeyRow
 
 if TYPE_CHECKING:
+    from sluice.alerts.service import AlertService
     from sluice.api.asgi import Request, SluiceAPI
 
 JSON = [(b"content-type", b"application/json")]
@@ -257,3 +260,38 @@ async def provider_key_item(api: SluiceAPI, req: Request, key_id: str) -> None:
 async def _provider_keys_changed(api: SluiceAPI) -> None:
     if api.provider_keys_changed is not None:
         await api.provider_keys_changed()
+
+
+class _AlertTest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    channel: str = Field(min_length=1, max_length=200)
+
+
+def _alerts(api: SluiceAPI) -> AlertService:
+    assert api.alerts is not None, "create_app sets it"
+    return api.alerts
+
+
+async def alerts(api: SluiceAPI, req: Request) -> None:
+    """``GET /admin/alerts?limit=N``: the alert log (newest first, 100 by default, at most 1000)."""
+    await api.admin(req)
+    query = parse_qs(req.scope.get("query_string", b"").decode("latin-1"))
+    raw = query.get("limit", ["100"])[0]
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise InvalidRequest("'limit' must be an integer from 1 to 1000.", param="limit")
+    rows = await _alerts(api).history(int(raw))
+    await _send(api, req, 200, {"object": "list", "data": [r.public() for r in rows]})
+
+
+async def alert_test(api: SluiceAPI, req: Request) -> None:
+    """``POST /admin/alerts/test``: one test alert to one channel, sent now and logged (502 if refused)."""
+    await api.admin(req)
+    wanted = _validated(_AlertTest, await api.read_body(req), "alert test")
+    row = await _alerts(api).send_test(wanted.channel)
+    delivery = row.deliveries[0]
+    if delivery.status != "sent":
+        raise DeliveryFailed(
+            f"Channel {wanted.channel!r} did not take the test alert: {delivery.last_error} "
+            f"(logged as {row.id})."
+        )
+    await _send(api, req, 200, row.public())

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from sluice.accounting import Accounting
+from sluice.alerts.service import AlertService
 from sluice.api import admin as admin_api
 from sluice.api.errors import envelope, error_body, error_frame, error_headers
 from sluice.errors import (
@@ -168,6 +169,7 @@ class SluiceAPI:
         # stored provider keys (admin API); set by ``create_app``
         self.provider_keys: ProviderKeys | None = None
         self.provider_keys_changed: Callable[[], Awaitable[None]] | None = None
+        self.alerts: AlertService | None = None  # the alert log and test sends (admin API)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -566,6 +568,8 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/admin/limits": {"GET": admin_api.limits},
     "/admin/deployments": {"GET": admin_api.deployments},
     "/admin/provider-keys": {"GET": admin_api.provider_keys, "POST": admin_api.provider_keys},
+    "/admin/alerts": {"GET": admin_api.alerts},
+    "/admin/alerts/test": {"POST": admin_api.alert_test},
     "/admin/openapi.json": {"GET": admin_api.openapi},
 }
 # Refused before any provider was called: recorded as such, never charged.

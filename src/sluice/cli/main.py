@@ -25,6 +25,7 @@ from sluice.app import (
     unpriced,
     unshared_budgets,
 )
+from sluice.cli.alerts import alerts
 from sluice.cli.keys import keys
 from sluice.cli.secrets import secrets
 from sluice.cli.spend import spend
@@ -264,5 +265,6 @@ def config_docs() -> None:
 
 
 main.add_command(spend)
+main.add_command(alerts)
 main.add_command(keys)
 main.add_command(secrets)

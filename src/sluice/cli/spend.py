@@ -18,7 +18,8 @@ from sluice.ledger.spend import spend_report
 from sluice.settings import Config, ServerSettings
 
 
-def _config(config_path: str | None, data_dir: str | None) -> Config:
+def load_cli_config(config_path: str | None, data_dir: str | None) -> Config:
+    """The config file (or the defaults), with the data directory the command line names."""
     loaded = load_config(config_path) if config_path else parse_config("{}")
     config = loaded.config
     if data_dir:
@@ -96,7 +97,7 @@ def spend(
     if top_features is not None:
         by, top = "feature", top_features
     try:
-        config = _config(config_path, data_dir)
+        config = load_cli_config(config_path, data_dir)
         report = asyncio.run(_report(config, by, since, until, top))
     except ConfigError as err:
         click.echo(f"error: {err.message}", err=True)

@@ -110,6 +110,10 @@ class Counters(Protocol):
         """(counter, spent, reserved) for every counter of scopes whose id starts with ``prefix``."""
         ...
 
+    async def spent(self, keys: Sequence[CounterKey]) -> list[int]:
+        """The settled amount of each counter (0 for one that does not exist): what alerts look at."""
+        ...
+
     async def claim_reload(self, key_id: str, fingerprint: str) -> bool:
         """True if the caller should (re)load the key's counters for the limits ``fingerprint`` names:
         always in one process; with shared counters, only the first instance to see those limits."""
@@ -127,7 +131,14 @@ def header_safe(text: str) -> str:
 
 
 def refusal(room: Room, used: int, need: int, now_us: int) -> SluiceError:
-    """The 429 for a full limit: which scope, which limit, how full, and when it resets."""
+    """The 429 for a full limit: which scope, which limit, how full, and when it resets (the room rides on
+    the error, ``detail``, for whoever watches refusals: the alerts)."""
+    err = _refusal(room, used, need, now_us)
+    err.detail = room
+    return err
+
+
+def _refusal(room: Room, used: int, need: int, now_us: int) -> SluiceError:
     scope, limit, window = room.scope, room.limit, room.window
     headers = {
         "x-sluice-limit-scope": header_safe(scope.id),
@@ -247,6 +258,11 @@ class MemoryCounters:
     async def claim_reload(self, key_id: str, fingerprint: str) -> bool:
         """One process: its own view of a key's limits decides (see ``KeyService``)."""
         return True
+
+    async def spent(self, keys: Sequence[CounterKey]) -> list[int]:
+        """The settled amount of each counter."""
+        cells = self._cells
+        return [cell[0] if (cell := cells.get(key)) is not None else 0 for key in keys]
 
     async def read(self, prefix: str) -> list[tuple[CounterKey, int, int]]:
         """The counters of the matching scopes, sorted."""

@@ -21,10 +21,10 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from sluice.errors import CountersUnavailable, SluiceError
+from sluice.errors import BudgetExceeded, CountersUnavailable, SluiceError
 from sluice.ledger.entry import Entry
 from sluice.ledger.sink import Ledger
-from sluice.limits.counters import CounterKey, Counters, Hold, Loaded, Need
+from sluice.limits.counters import CounterKey, Counters, Hold, Loaded, Need, Room
 from sluice.limits.spec import (
     ALL,
     FEATURE,
@@ -110,6 +110,7 @@ class Limiter:
         self._bytes_per_token = bytes_per_token
         self._ledger: Ledger | None = None
         self._reloading: dict[str, asyncio.Event] = {}  # key id → set when its counters are reloaded
+        self.on_refusal: Callable[[Room], None] | None = None  # told when a spend or count cap refuses
 
     @property
     def active(self) -> bool:
@@ -199,9 +200,14 @@ class Limiter:
                 headers={"retry-after": "2"},
             )
         need = Need(entry.reserved_nanos, entry.reserved_input_tokens + entry.reserved_output_tokens)
-        if self.counters.remote:
-            return await self._reserve_remotely(scopes, need, entry.ts_us)
-        return await self.counters.reserve(scopes, need, entry.ts_us)  # never yields: nothing to orphan
+        try:
+            if self.counters.remote:
+                return await self._reserve_remotely(scopes, need, entry.ts_us)
+            return await self.counters.reserve(scopes, need, entry.ts_us)  # never yields: nothing to orphan
+        except BudgetExceeded as exc:
+            if self.on_refusal is not None and isinstance(exc.detail, Room):
+                self.on_refusal(exc.detail)  # a cap stopped a request: the alerts' 100 % moment
+            raise
 
     async def _reserve_remotely(self, scopes: tuple[Scope, ...], need: Need, ts_us: int) -> Hold:
         """Reserve over the network; if this request is cancelled meanwhile (its client left), the

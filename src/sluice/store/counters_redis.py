@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import time
@@ -354,11 +355,31 @@ class RedisCounters:
                     pipe.pexpireat(counter_name(key), _expiry_ms(end_us))
             await pipe.execute()
 
+    async def claim_once(self, name: str, ttl_s: int) -> bool:
+        """True for the first instance to claim ``name`` (an alert's key) within ``ttl_s``; if Redis cannot
+        answer, True: the caller's own log decides (it is unique too)."""
+        digest = hashlib.sha256(name.encode()).hexdigest()[:32]
+        try:
+            return bool(await self._redis.set(f"sluice:once:{digest}", "1", nx=True, ex=ttl_s))
+        except RedisError:
+            log.warning("alerts: Redis unreachable; the alert log alone deduplicates")
+            return True
+
     async def claim_reload(self, key_id: str, fingerprint: str) -> bool:
         """The first instance to see a key's new limits reloads its counters; the others would only wipe
         spend settled meanwhile."""
         before = await self._redis.set(f"sluice:kl:{key_id}", fingerprint, get=True)
         return bool(before != fingerprint.encode())
+
+    async def spent(self, keys: Sequence[CounterKey]) -> list[int]:
+        """The settled amount of each counter, in one round trip."""
+        if not keys:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hget(counter_name(key), "s")
+            values = await pipe.execute()
+        return [int(v or 0) for v in values]
 
     async def read(self, prefix: str) -> list[tuple[CounterKey, int, int]]:
         """The counters of matching scopes (admin only: a scan)."""

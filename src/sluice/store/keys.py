@@ -15,6 +15,7 @@ import orjson
 
 from sluice.keys.policy import OPEN, KeyPolicy
 from sluice.settings import LimitSettings
+from sluice.store.alerts import AlertRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,4 +227,18 @@ class KeyStore(Protocol):
 
     async def reseal_provider_key(self, key_id: str, old: str, new: str) -> bool:
         """Replace a key's ciphertext if it is still ``old`` (a re-wrap under a new KEK)."""
+        ...
+
+    async def claim_alert(self, row: AlertRow, channels: list[str]) -> bool:
+        """Log an alert with a pending delivery per channel, unless its key is logged already (False)."""
+        ...
+
+    async def record_delivery(
+        self, alert_id: str, channel: str, status: str, attempts: int, error: str | None, at_us: int
+    ) -> None:
+        """Record a delivery attempt's outcome."""
+        ...
+
+    async def list_alerts(self, limit: int, since_us: int = 0) -> list[AlertRow]:
+        """The latest alerts (newest first) with their deliveries."""
         ...

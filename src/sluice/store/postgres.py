@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from sluice.store.alerts import ALERT_COLUMNS, DELIVERY_COLUMNS, PENDING, AlertRow, alert_rows
 from sluice.store.keys import (
     KEY_COLUMNS,
     KEY_FIELDS,
@@ -103,6 +104,28 @@ MIGRATIONS: tuple[str, ...] = (
         sealed TEXT NOT NULL,
         fingerprint TEXT NOT NULL,
         created_at BIGINT NOT NULL
+    );
+    """,
+    """
+    CREATE TABLE alerts (
+        id TEXT PRIMARY KEY,
+        dedup_key TEXT NOT NULL UNIQUE,
+        rule TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        facts TEXT NOT NULL,
+        created_us BIGINT NOT NULL,
+        test BOOLEAN NOT NULL DEFAULT FALSE
+    );
+    CREATE INDEX alerts_created ON alerts (created_us);
+    CREATE TABLE alert_deliveries (
+        alert_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_error TEXT,
+        updated_us BIGINT NOT NULL,
+        PRIMARY KEY (alert_id, channel)
     );
     """,
 )
@@ -256,3 +279,43 @@ class PostgresStore:
             "UPDATE provider_keys SET sealed = $1 WHERE id = $2 AND sealed = $3", new, key_id, old
         )
         return bool(done == "UPDATE 1")
+
+    async def claim_alert(self, row: AlertRow, channels: list[str]) -> bool:
+        """Log an alert and its pending deliveries, unless one with its key is logged (False): the
+        unique key makes one instance the sender, however many see the alert at once."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            done = await conn.execute(_CLAIM_ALERT, *row.values())
+            if done != "INSERT 0 1":
+                return False
+            await conn.executemany(
+                _INSERT_DELIVERY, [(row.id, c, PENDING, 0, None, row.created_us) for c in channels]
+            )
+            return True
+
+    async def record_delivery(
+        self, alert_id: str, channel: str, status: str, attempts: int, error: str | None, at_us: int
+    ) -> None:
+        """Record a delivery attempt's outcome."""
+        await self.pool.execute(_UPDATE_DELIVERY, status, attempts, error, at_us, alert_id, channel)
+
+    async def list_alerts(self, limit: int, since_us: int = 0) -> list[AlertRow]:
+        """The latest alerts (newest first) with their deliveries."""
+        alerts = [tuple(r) for r in await self.pool.fetch(_LIST_ALERTS, since_us, limit)]
+        ids = [a[0] for a in alerts]
+        deliveries = [tuple(r) for r in await self.pool.fetch(_LIST_DELIVERIES, ids)] if ids else []
+        return alert_rows(alerts, deliveries)
+
+
+_CLAIM_ALERT = (
+    f"INSERT INTO alerts ({ALERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "  # noqa: S608 - constant
+    "ON CONFLICT (dedup_key) DO NOTHING"
+)
+_INSERT_DELIVERY = f"INSERT INTO alert_deliveries ({DELIVERY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"  # noqa: S608 - constant
+_UPDATE_DELIVERY = (
+    "UPDATE alert_deliveries SET status = $1, attempts = $2, last_error = $3, updated_us = $4 "
+    "WHERE alert_id = $5 AND channel = $6"
+)
+_LIST_ALERTS = (
+    f"SELECT {ALERT_COLUMNS} FROM alerts WHERE created_us >= $1 ORDER BY created_us DESC, id LIMIT $2"  # noqa: S608 - constant
+)
+_LIST_DELIVERIES = f"SELECT {DELIVERY_COLUMNS} FROM alert_deliveries WHERE alert_id = ANY($1::text[])"  # noqa: S608 - constant

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from sluice.store.alerts import ALERT_COLUMNS, DELIVERY_COLUMNS, PENDING, AlertRow, alert_rows
 from sluice.store.keys import (
     KEY_COLUMNS,
     KEY_FIELDS,
@@ -108,6 +109,28 @@ MIGRATIONS: tuple[str, ...] = (
         sealed TEXT NOT NULL,
         fingerprint TEXT NOT NULL,
         created_at INTEGER NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE alerts (
+        id TEXT PRIMARY KEY,
+        dedup_key TEXT NOT NULL UNIQUE,
+        rule TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        facts TEXT NOT NULL,
+        created_us INTEGER NOT NULL,
+        test INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX alerts_created ON alerts (created_us);
+    CREATE TABLE alert_deliveries (
+        alert_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_error TEXT,
+        updated_us INTEGER NOT NULL,
+        PRIMARY KEY (alert_id, channel)
     )
     """,
 )
@@ -227,6 +250,44 @@ class SQLiteStore:
         sql = "UPDATE provider_keys SET sealed = ? WHERE id = ? AND sealed = ?"
         return await self._run(lambda db: db.execute(sql, (new, key_id, old)).rowcount == 1)
 
+    async def claim_alert(self, row: AlertRow, channels: list[str]) -> bool:
+        """Log an alert and its pending deliveries, unless one with its key is logged (False)."""
+
+        def claim(db: sqlite3.Connection) -> bool:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                inserted = db.execute(_CLAIM_ALERT, row.values()).rowcount == 1
+                if inserted:
+                    db.executemany(
+                        _INSERT_DELIVERY, [(row.id, c, PENDING, 0, None, row.created_us) for c in channels]
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return inserted
+
+        return await self._run(claim)
+
+    async def record_delivery(
+        self, alert_id: str, channel: str, status: str, attempts: int, error: str | None, at_us: int
+    ) -> None:
+        """Record a delivery attempt's outcome."""
+        values = (status, attempts, error, at_us, alert_id, channel)
+        await self._run(lambda db: db.execute(_UPDATE_DELIVERY, values))
+
+    async def list_alerts(self, limit: int, since_us: int = 0) -> list[AlertRow]:
+        """The latest alerts (newest first) with their deliveries."""
+
+        def read(db: sqlite3.Connection) -> list[AlertRow]:
+            alerts = db.execute(_LIST_ALERTS, (since_us, limit)).fetchall()
+            ids = [a[0] for a in alerts]
+            marks = ", ".join("?" * len(ids))
+            sql = f"SELECT {DELIVERY_COLUMNS} FROM alert_deliveries WHERE alert_id IN ({marks})"  # noqa: S608 - placeholders only
+            return alert_rows(alerts, db.execute(sql, ids).fetchall() if ids else [])
+
+        return await self._run(read)
+
     async def close(self) -> None:
         """Nothing to do: the connection lives as long as the process (``shut`` closes it)."""
 
@@ -238,3 +299,12 @@ class SQLiteStore:
 
 _INSERT_KEY = f"INSERT INTO virtual_keys ({KEY_FIELDS}) VALUES ({', '.join('?' * len(KEY_COLUMNS))})"  # noqa: S608 - constant
 _UPDATE_KEY = f"UPDATE virtual_keys SET {', '.join(f'{c} = ?' for c in KEY_COLUMNS[1:])} WHERE id = ?"  # noqa: S608 - constant
+_CLAIM_ALERT = f"INSERT OR IGNORE INTO alerts ({ALERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608 - constant
+_INSERT_DELIVERY = f"INSERT INTO alert_deliveries ({DELIVERY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"  # noqa: S608 - constant
+_UPDATE_DELIVERY = (
+    "UPDATE alert_deliveries SET status = ?, attempts = ?, last_error = ?, updated_us = ? "
+    "WHERE alert_id = ? AND channel = ?"
+)
+_LIST_ALERTS = (
+    f"SELECT {ALERT_COLUMNS} FROM alerts WHERE created_us >= ? ORDER BY created_us DESC, id LIMIT ?"  # noqa: S608 - constant
+)

@@ -1,0 +1,466 @@
+"""The alerts at work: watching settlements, refusals and ejections, evaluating the rules, and delivering.
+
+The request path only *notes* things (``settled``, ``refused``, ``ejected``: a few dictionary writes,
+never a wait). Two background tasks do the rest:
+- the **counter pass**, shortly after settlements (``settle_delay_s``, batched): reads the settled
+  spend of every counter those requests touched — the counters that enforce the budgets, so an alert
+  and a refusal never disagree — and checks thresholds and projected overspend;
+- the **periodic pass** (``evaluate_every_s``): the same over every counter active this period (a net
+  for anything the first pass missed), then the ledger rules — spend anomaly, credit runway — and the
+  fallback share of each alias.
+
+A finding is **claimed** before it is sent: in Redis when counters are shared (``SET NX``), then in
+the alert log, whose unique key makes exactly one instance the sender. Each channel's delivery is its
+own task, retried with jittered exponential backoff and recorded (pending → sent | failed); channels
+have their own connection pool, so a dead receiver never slows a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import aiohttp
+
+from sluice.alerts import rules
+from sluice.alerts.channels import Channel, wants
+from sluice.alerts.rules import Finding
+from sluice.errors import DeliveryFailed, NotFound
+from sluice.ledger.entry import Entry
+from sluice.ledger.sink import Ledger
+from sluice.limits.counters import CounterKey, Counters, Room
+from sluice.limits.spec import CALENDAR, period_starts
+from sluice.metrics import Metrics
+from sluice.routing.table import Route
+from sluice.settings import AlertSettings, ProviderSettings
+from sluice.store.alerts import FAILED, PENDING, SENT, AlertRow
+from sluice.store.keys import KeyStore
+
+log = logging.getLogger("sluice.alerts")
+_US = 1_000_000
+_DAY_US = 86_400 * _US
+_MAX_ACTIVE = 50_000  # counters the periodic pass re-reads; beyond this only settlements trigger checks
+_REMEMBER_US = 2 * _DAY_US  # local memory of fired keys (the alert log remembers for good)
+
+Claim = Callable[[str], Awaitable[bool]]  # a shared first-come claim on a finding's key (Redis)
+
+
+@dataclass(slots=True)
+class _Watch:
+    """A counter to look at: the scope, limit and window a reservation named, and whether it refused."""
+
+    room: Room
+    refused: bool = False
+
+
+def _bucket(now_us: int, seconds: int) -> str:
+    return f"{seconds}s{now_us // (seconds * _US)}"
+
+
+def _day(now_us: int) -> date:
+    return datetime.fromtimestamp(now_us // _US, UTC).date()
+
+
+class AlertService:
+    """Rules over counters, ledger and deployment health; claiming, logging and delivery of findings."""
+
+    def __init__(
+        self,
+        settings: AlertSettings,
+        channels: Mapping[str, Channel],
+        store: KeyStore,
+        ledger: Ledger,
+        counters: Counters,
+        metrics: Metrics,
+        *,
+        providers: Sequence[ProviderSettings] = (),
+        routes: Mapping[str, Route] | None = None,
+        in_service: Callable[[Route], list[str]] | None = None,
+        claim: Claim | None = None,
+    ) -> None:
+        self.settings = settings
+        self.channels = dict(channels)
+        self._store = store
+        self._ledger = ledger
+        self._counters = counters
+        self._metrics = metrics
+        self._clock = counters.clock
+        self._providers = [p for p in providers if p.credits_usd is not None or p.daily_requests or p.expires]
+        self._routes = routes or {}
+        self._in_service = in_service
+        self._claim = claim
+        enabled = set(settings.rules)
+        self._counting = bool(enabled & {rules.THRESHOLD, rules.PROJECTED})
+        self._health = rules.HEALTH in enabled
+        self._enabled = enabled
+        # aliases whose first choice is a fallback's reference: priority routing with two or more
+        self._primary = {
+            r.alias: r.deployments[0].id
+            for r in self._routes.values()
+            if r.strategy == "priority" and len(r.deployments) > 1
+        }
+        self._pending: dict[CounterKey, _Watch] = {}
+        self._active: dict[CounterKey, _Watch] = {}
+        self._served: dict[str, dict[str, int]] = {}  # alias → deployment id → requests, this bucket
+        self._served_bucket = ""
+        self._events: list[Finding] = []  # health findings noted on the request path
+        self._fired: dict[str, int] = {}  # finding key → when this instance claimed or saw it
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._deliveries: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._rng = random.Random()  # backoff jitter, not secrets
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the two passes."""
+        self._tasks = [
+            asyncio.create_task(self._counter_pass(), name="sluice-alerts"),
+            asyncio.create_task(self._periodic_pass(), name="sluice-alerts-periodic"),
+        ]
+
+    async def close(self) -> None:
+        """Stop evaluating; give deliveries under way a moment, then stop them (they stay pending)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._deliveries:
+            _, late = await asyncio.wait(self._deliveries, timeout=2)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def session(self) -> aiohttp.ClientSession:
+        """The channels' own HTTP client (small pool, separate from the providers')."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=16, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    # --- the request path: notes only -----------------------------------------------------------------
+
+    def settled(self, entry: Entry) -> None:
+        """A request was settled: its budgets' counters are to be looked at; its deployment counted."""
+        if self._counting:
+            for hold in (entry.hold, entry.provider_hold):
+                if hold is not None:
+                    for room in hold.rooms:
+                        if room.limit.period in CALENDAR:
+                            key = (room.scope.id, room.limit.metric, room.window.key)
+                            if key not in self._pending:
+                                self._pending[key] = _Watch(room)
+            if self._pending:
+                self._wake.set()
+        if self._health and entry.alias in self._primary and entry.provider:
+            self._count_served(entry)
+
+    def refused(self, room: Room) -> None:
+        """A spend or count cap refused a request (its 100 % moment, once spend is near it)."""
+        if self._counting and room.limit.period in CALENDAR:
+            self._pending[(room.scope.id, room.limit.metric, room.window.key)] = _Watch(room, refused=True)
+            self._wake.set()
+
+    def ejected(self, dep_id: str, seconds: float, ejections: int) -> None:
+        """The gateway ejected (``seconds`` > 0) or re-admitted a deployment."""
+        del ejections  # each ejection is its own event; the health bucket deduplicates across instances
+        if not self._health or seconds <= 0:
+            return
+        bucket = _bucket(self._clock(), self.settings.health_window_s)
+        aliases = [r.alias for r in self._routes.values() if any(d.id == dep_id for d in r.deployments)]
+        self._events.append(rules.ejected(dep_id, aliases, seconds, bucket))
+        if self._in_service is not None:
+            for alias in aliases:
+                route = self._routes[alias]
+                serving = self._in_service(route)
+                if len(route.deployments) > 1 and len(serving) == 1:
+                    self._events.append(rules.last_deployment(alias, serving[0], bucket))
+        self._wake.set()
+
+    def _count_served(self, entry: Entry) -> None:
+        bucket = _bucket(entry.ts_us, self.settings.health_window_s)
+        if bucket != self._served_bucket:
+            self._served_bucket, self._served = bucket, {}
+        counts = self._served.setdefault(entry.alias, {})
+        dep = f"{entry.provider}/{entry.model}"
+        counts[dep] = counts.get(dep, 0) + 1
+
+    # --- the passes -----------------------------------------------------------------------------------
+
+    async def _counter_pass(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(self.settings.settle_delay_s)  # let settlements land (and batch)
+            batch, self._pending = self._pending, {}
+            events, self._events = self._events, []
+            try:
+                for finding in events:
+                    await self.fire(finding)
+                await self._check_counters(batch)
+                await self._check_fallbacks()
+            except Exception:  # a pass that fails (store, Redis away) is retried by the periodic pass
+                log.exception("alerts: evaluating settlements failed")
+
+    async def _periodic_pass(self) -> None:
+        await asyncio.sleep(min(1.0, self.settings.evaluate_every_s))  # soon after start, then regularly
+        while True:
+            try:
+                await self.evaluate()
+            except Exception:  # e.g. the ledger briefly unreadable: the next pass tries again
+                log.exception("alerts: periodic evaluation failed")
+            await asyncio.sleep(self.settings.evaluate_every_s)
+
+    async def evaluate(self) -> None:
+        """One periodic pass: every active counter, the ledger rules, the fallback shares."""
+        now = self._clock()
+        self._forget(now)
+        await self._check_counters(dict(self._active))
+        if rules.ANOMALY in self._enabled:
+            await self._check_anomalies(now)
+        if rules.RUNWAY in self._enabled and self._providers:
+            await self._check_runway(now)
+        await self._check_fallbacks()
+
+    def _forget(self, now: int) -> None:
+        """Drop counters whose window ended, and local memory of old findings."""
+        self._active = {k: w for k, w in self._active.items() if not 0 < w.room.window.end_us <= now}
+        self._fired = {k: t for k, t in self._fired.items() if now - t < _REMEMBER_US}
+
+    async def _check_counters(self, batch: Mapping[CounterKey, _Watch]) -> None:
+        if not batch:
+            return
+        for key, watch in batch.items():
+            if key in self._active or len(self._active) < _MAX_ACTIVE:
+                known = self._active.get(key)
+                self._active[key] = _Watch(watch.room, watch.refused or (known is not None and known.refused))
+        keys = list(batch)
+        spent = await self._counters.spent(keys)
+        now = self._clock()
+        for key, amount in zip(keys, spent, strict=True):
+            watch = self._active.get(key) or batch[key]
+            for finding in self._counter_findings(watch, amount, now):
+                await self.fire(finding)
+
+    def _counter_findings(self, watch: _Watch, spent: int, now: int) -> list[Finding]:
+        scope, limit, window = watch.room.scope, watch.room.limit, watch.room.window
+        found: list[Finding] = []
+        if rules.THRESHOLD in self._enabled:
+            found += rules.threshold_findings(
+                scope.id,
+                scope.label,
+                limit,
+                window.key,
+                spent,
+                self.settings.thresholds,
+                refused=watch.refused,
+            )
+        if rules.PROJECTED in self._enabled and window.end_us:
+            start = period_starts(now)[limit.period]
+            share = Decimal(self.settings.projected_min_elapsed_pct) / 100
+            projected = rules.projected_overspend(
+                scope.id,
+                scope.label,
+                limit,
+                window.key,
+                spent,
+                start,
+                now,
+                window.end_us,
+                min_elapsed_share=share,
+            )
+            if projected is not None:
+                found.append(projected)
+        return found
+
+    async def _check_anomalies(self, now: int) -> None:
+        s = self.settings
+        window = s.anomaly_window_s * _US
+        await self._ledger.flush()
+        last = _by_scope(await self._ledger.totals(now - window))
+        longer = _by_scope(await self._ledger.totals(now - window * (s.anomaly_baseline_windows + 1)))
+        floor = int(s.anomaly_min_usd.scaleb(9))
+        bucket = _bucket(now, s.anomaly_window_s)
+        for scope, spent in last.items():
+            before = longer.get(scope, spent) - spent
+            per_window = [before // s.anomaly_baseline_windows] * s.anomaly_baseline_windows
+            found = rules.spend_anomaly(
+                scope, scope, bucket, spent, per_window, factor=s.anomaly_factor, floor=max(floor, 1)
+            )
+            if found is not None:
+                await self.fire(found)
+
+    async def _check_runway(self, now: int) -> None:
+        today = _day(now)
+        day_start = period_starts(now)["day"]
+        week = _by_provider(await self._ledger.totals(now - 7 * _DAY_US))
+        today_rows = _by_provider(await self._ledger.totals(day_start))
+        for p in self._providers:
+            remaining = None
+            burn_days = 7
+            if p.credits_usd is not None:
+                since = p.credits_since or date(1970, 1, 1)
+                since_us = int(datetime(since.year, since.month, since.day, tzinfo=UTC).timestamp()) * _US
+                burn_days = max(1, min(7, (today - since).days + 1))
+                spent = _by_provider(await self._ledger.totals(since_us)).get(p.name, (0, 0))[0]
+                remaining = int(p.credits_usd.scaleb(9)) - spent
+            burn = week.get(p.name, (0, 0))[0] // burn_days
+            allowance = None
+            if p.daily_requests:
+                used = today_rows.get(p.name, (0, 0))[1]
+                allowance = rules.Allowance(p.daily_requests, used, self.settings.runway_requests_pct)
+            expiry = (p.expires - today).days if p.expires is not None else None
+            found = rules.credit_runway(
+                p.name,
+                remaining,
+                burn,
+                expiry,
+                f"d{today.isoformat()}",
+                warn_days=self.settings.runway_warn_days,
+                allowance=allowance,
+            )
+            if found is not None:
+                await self.fire(found)
+
+    async def _check_fallbacks(self) -> None:
+        s = self.settings
+        for alias, served in list(self._served.items()):
+            found = rules.fallback_share(
+                alias,
+                self._primary[alias],
+                served,
+                self._served_bucket,
+                share_pct=s.fallback_share_pct,
+                min_requests=s.fallback_min_requests,
+            )
+            if found is not None:
+                await self.fire(found)
+
+    # --- claiming and delivery ------------------------------------------------------------------------
+
+    async def fire(self, finding: Finding) -> AlertRow | None:
+        """Claim, log and send a finding, unless it was already (here, or by another instance)."""
+        if finding.key in self._fired:
+            return None
+        now = self._clock()
+        self._fired[finding.key] = now
+        try:
+            if self._claim is not None and not await self._claim(finding.key):
+                return None  # another instance has it
+            channels = [c for c in self.channels.values() if wants(c.settings, finding)]
+            row = AlertRow(
+                _new_id(), finding.key, finding.rule, finding.scope, finding.summary, finding.facts, now
+            )
+            if not await self._store.claim_alert(row, [c.name for c in channels]):
+                return None
+        except Exception:  # the claim could not be made: forget it here so the next pass tries again
+            del self._fired[finding.key]
+            raise
+        log.warning("alert %s: %s", row.id, finding.summary)
+        self._metrics.count("alert", finding.rule)
+        for channel in channels:
+            task = asyncio.create_task(self._deliver(channel, row, finding))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+        return row
+
+    async def _deliver(self, channel: Channel, row: AlertRow, finding: Finding) -> None:
+        s = self.settings
+        delay = s.backoff_base_s
+        error = ""
+        for attempt in range(1, s.attempts + 1):
+            try:
+                await channel.send(self.session(), row.id, finding, row.created_us, test=row.test)
+            except DeliveryFailed as exc:
+                error = exc.message
+            else:
+                self._metrics.count("alert_delivery", channel.name, "sent")
+                await self._record(row.id, channel.name, SENT, attempt, None)
+                return
+            if attempt == s.attempts:
+                break
+            self._metrics.count("alert_delivery", channel.name, "retry")
+            await self._record(row.id, channel.name, PENDING, attempt, error)
+            await asyncio.sleep(delay * (0.5 + self._rng.random() / 2))
+            delay = min(delay * 2, s.backoff_max_s)
+        self._metrics.count("alert_delivery", channel.name, "failed")
+        log.warning(
+            "alert %s: channel %s failed after %d attempts: %s", row.id, channel.name, s.attempts, error
+        )
+        await self._record(row.id, channel.name, FAILED, s.attempts, error)
+
+    async def _record(
+        self, alert_id: str, channel: str, status: str, attempts: int, error: str | None
+    ) -> None:
+        try:
+            await self._store.record_delivery(alert_id, channel, status, attempts, error, self._clock())
+        except Exception:  # the log is best effort once the alert is out; the delivery itself stands
+            log.exception("alerts: could not record a delivery of %s to %s", alert_id, channel)
+
+    async def history(self, limit: int = 100, since_us: int = 0) -> list[AlertRow]:
+        """The alert log, newest first."""
+        return await self._store.list_alerts(limit, since_us)
+
+    async def send_test(self, channel_name: str) -> AlertRow:
+        """Send a test alert to one channel, once, and log it (the row says whether it arrived)."""
+        channel = self.channels.get(channel_name)
+        if channel is None:
+            known = ", ".join(sorted(self.channels)) or "none configured"
+            raise NotFound(f"No alert channel named {channel_name!r} (channels: {known}).", param="channel")
+        now = self._clock()
+        alert_id = _new_id()
+        finding = Finding(
+            "test",
+            f"test:{alert_id}",
+            "test",
+            f"Test alert from Sluice: channel {channel_name!r} works",
+            {"channel": channel_name},
+        )
+        row = AlertRow(alert_id, finding.key, "test", "test", finding.summary, finding.facts, now, test=True)
+        await self._store.claim_alert(row, [channel_name])
+        try:
+            await channel.send(self.session(), alert_id, finding, now, test=True)
+        except DeliveryFailed as exc:
+            await self._record(alert_id, channel_name, FAILED, 1, exc.message)
+        else:
+            await self._record(alert_id, channel_name, SENT, 1, None)
+        return next(r for r in await self._store.list_alerts(1000, now) if r.id == alert_id)
+
+
+def _new_id() -> str:
+    return "alrt_" + secrets.token_hex(12)
+
+
+def _by_scope(rows: Sequence[Sequence[object]]) -> dict[str, int]:
+    """Spend (nano-dollars) per scope from ledger totals: keys, teams, features, providers, everything."""
+    out: dict[str, int] = {}
+    for key_id, _user, team, feature, provider, usd, *_ in rows:
+        amount = int(str(usd or 0))
+        for scope in (
+            f"key:{key_id}" if key_id is not None else None,
+            f"team:{team}" if team is not None else None,
+            f"feature:{feature}" if feature is not None else None,
+            f"provider:{provider}" if provider else None,
+            "all",
+        ):
+            if scope is not None:
+                out[scope] = out.get(scope, 0) + amount
+    return out
+
+
+def _by_provider(rows: Sequence[Sequence[object]]) -> dict[str, tuple[int, int]]:
+    """(spend in nano-dollars, requests) per provider from ledger totals."""
+    out: dict[str, tuple[int, int]] = {}
+    for *_, provider, usd, _tokens, requests in rows:
+        if provider:
+            spent, count = out.get(str(provider), (0, 0))
+            out[str(provider)] = (spent + int(str(usd or 0)), count + int(str(requests or 0)))
+    return out
