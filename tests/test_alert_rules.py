@@ -43,14 +43,12 @@ def test_thresholds_reached_are_those_at_or_below_the_spend() -> None:
     assert thresholds_reached(5, 0, (50,)) == []  # no cap, nothing to alert on
 
 
-def test_a_refusal_past_the_last_lower_threshold_means_the_cap_is_reached() -> None:
-    """Reservations refuse a request before spend touches the cap: that refusal is the 100 % moment,
-    once the spend is past every lower threshold (a huge request refused early is not)."""
+def test_a_refusal_by_the_cap_is_its_100_percent_moment() -> None:
+    """Reservations refuse a request before spend touches the cap: that refusal is when 100 % is reached."""
     cap = 10_000_000_000
-    assert thresholds_reached(9_600_000_000, cap, (50, 80, 95, 100), refused=True) == [50, 80, 95, 100]
-    assert thresholds_reached(9_000_000_000, cap, (50, 80, 95, 100), refused=True) == [50, 80]
-    assert thresholds_reached(0, cap, (100,), refused=True) == [100]  # no lower threshold to pass
-    assert thresholds_reached(9_600_000_000, cap, (50, 80, 95), refused=True) == [50, 80, 95]
+    assert thresholds_reached(9_000_000_000, cap, (50, 80, 95, 100), refused=True) == [50, 80, 100]
+    assert thresholds_reached(0, cap, (100,), refused=True) == [100]
+    assert thresholds_reached(9_600_000_000, cap, (50, 80, 95), refused=True) == [50, 80, 95]  # not asked
 
 
 @given(
@@ -127,7 +125,8 @@ def test_a_runaway_hour_is_an_anomaly_and_a_busy_normal_one_is_not() -> None:
     found = spend_anomaly("key:k1", "key 'agent'", "h2026-11-25T13", 20_000_000_000, baseline)
     assert found is not None and found.rule == ANOMALY
     assert found.key == "spend_anomaly:key:k1:h2026-11-25T13"
-    assert found.facts["baseline_per_hour"] == 1_500_000_000
+    assert found.facts["baseline_per_window"] == 1_500_000_000
+    assert "last hour" in found.summary
     assert spend_anomaly("key:k1", "k", "h", 7_000_000_000, baseline) is None  # under 5 times the mean
     assert spend_anomaly("key:k1", "k", "h", 500_000_000, []) is None  # under the $1 floor
     assert spend_anomaly("key:k1", "k", "h", 2_000_000_000, []) is not None  # a new scope's first dollars

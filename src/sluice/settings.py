@@ -403,7 +403,31 @@ class ChannelSettings(_Strict):
             value = getattr(self, name)
             if value is not None and not value.startswith("env:"):
                 raise ValueError(f"{name} must be an env:NAME reference, not a literal")
+        for name in ("url", "secret", "username", "password"):
+            if getattr(self, name) == "env:":
+                raise ValueError(f"{name}: env: reference names no variable")
         return self
+
+
+def _percentages(v: list[int] | None) -> list[int] | None:
+    if v is not None and any(not 1 <= t <= 100 for t in v):
+        raise ValueError("thresholds are percentages from 1 to 100")
+    return sorted(set(v)) if v is not None else None
+
+
+class AlertRuleSettings(_Strict):
+    """Alerts for one scope (or scopes matching a pattern), overriding the gateway-wide ones: set in
+    `alerts.scopes` or, per key, team or any scope, through `PUT /admin/alert-rules/{scope}`."""
+
+    thresholds: list[int] | None = setting(
+        None, "Threshold percentages for this scope (default: the global ones)."
+    )
+    rules: list[AlertRule] | None = setting(None, "Which rules apply to this scope (default: all that run).")
+    channels: list[str] | None = setting(
+        None, "Send this scope's alerts to exactly these channels (default: every channel that wants them)."
+    )
+
+    _check_thresholds = field_validator("thresholds")(_percentages)
 
 
 class AlertSettings(_Strict):
@@ -464,19 +488,25 @@ class AlertSettings(_Strict):
     )
     backoff_max_s: float = setting(60.0, "Longest wait between attempts.", gt=0)
     channels: list[ChannelSettings] = setting([], "Channels (see ChannelSettings).")
+    scopes: dict[str, AlertRuleSettings] = setting(
+        {},
+        "Overrides per scope id (`key:ID`, `team:NAME`, `feature:NAME`, `provider:NAME`, `all`, …) or glob "
+        "pattern (`team:*`); an exact id wins over a pattern, and the admin API's over the file's.",
+    )
 
-    @field_validator("thresholds")
-    @classmethod
-    def _percentages(cls, v: list[int]) -> list[int]:
-        if any(not 1 <= t <= 100 for t in v):
-            raise ValueError("thresholds are percentages from 1 to 100")
-        return sorted(set(v))
+    _check_thresholds = field_validator("thresholds")(_percentages)
 
     @model_validator(mode="after")
     def _unique_channels(self) -> AlertSettings:
-        names = [c.name for c in self.channels]
-        if len(names) != len(set(names)):
-            raise ValueError("channel names must be unique")
+        seen: set[str] = set()
+        for channel in self.channels:
+            if channel.name in seen:
+                raise ValueError(f"duplicate channel name {channel.name!r}")
+            seen.add(channel.name)
+        for scope, rule in self.scopes.items():
+            unknown = sorted(set(rule.channels or ()) - seen)
+            if unknown:
+                raise ValueError(f"alerts.scopes[{scope!r}] names unknown channel(s): {', '.join(unknown)}")
         return self
 
 
@@ -519,6 +549,7 @@ SECTIONS: tuple[type[BaseModel], ...] = (
     PeriodAmounts,
     RoutingSettings,
     AlertSettings,
+    AlertRuleSettings,
     ChannelSettings,
     EmulatorSettings,
 )

@@ -45,6 +45,7 @@ class Channel:
     secret: str | None
     username: str | None
     password: str | None
+    tls: ssl.SSLContext | None = None  # email: made once (loading CA certificates is slow, and blocks)
 
     @property
     def name(self) -> str:
@@ -96,7 +97,7 @@ class Channel:
                 password=self.password,
                 use_tls=s.security == "tls",
                 start_tls=s.security == "starttls",
-                tls_context=ssl.create_default_context(cafile=s.ca_file),
+                tls_context=self.tls,
                 timeout=s.timeout_s,
             )
         except aiosmtplib.SMTPResponseException as exc:
@@ -117,7 +118,10 @@ def open_channels(channels: list[ChannelSettings], environ: Mapping[str, str]) -
                 resolve_secret(c.secret, environ),
                 resolve_secret(c.username, environ),
                 resolve_secret(c.password, environ),
+                ssl.create_default_context(cafile=c.ca_file) if c.type == "email" else None,
             )
         except ConfigError as exc:
             raise ConfigError(f"alerts channel {c.name!r}: {exc.message}") from exc
+        except OSError as exc:  # ca_file unreadable
+            raise ConfigError(f"alerts channel {c.name!r}: cannot read ca_file ({exc.strerror})") from exc
     return out

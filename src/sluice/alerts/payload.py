@@ -25,7 +25,7 @@ import orjson
 from sluice.alerts.rules import Finding
 
 SIGNATURE_HEADER = "x-sluice-signature"
-USD_FACTS = ("spent", "cap", "projected", "last_hour", "baseline_per_hour", "remaining", "burn_per_day")
+USD_FACTS = ("spent", "cap", "projected", "last_window", "baseline_per_window", "remaining", "burn_per_day")
 
 
 def body(alert_id: str, finding: Finding, created_us: int, *, test: bool = False) -> bytes:

@@ -36,15 +36,13 @@ class Finding:
 def thresholds_reached(
     spent: int, cap: int, thresholds: Sequence[int], *, refused: bool = False
 ) -> list[int]:
-    """The thresholds (percent of ``cap``) that ``spent`` has reached. Reservations make a cap refuse a
-    request before spend touches it, so 100 % is also reached when the cap refused a request once the
-    spend had passed every lower threshold: from then on the cap stops requests."""
+    """The thresholds (percent of ``cap``) that ``spent`` has reached. Reservations make a cap refuse
+    requests before spend touches it, so 100 % is also reached when the cap ``refused`` a request it would
+    have taken had it been empty: from then on the cap stops requests, which is what 100 % warns of."""
     if cap <= 0:
         return []
-    ordered = sorted(thresholds)
-    reached = [t for t in ordered if t * cap <= spent * 100]
-    lower = [t for t in ordered if t < 100]
-    if refused and 100 in ordered and 100 not in reached and (not lower or lower[-1] in reached):
+    reached = [t for t in sorted(thresholds) if t * cap <= spent * 100]
+    if refused and 100 in thresholds and 100 not in reached:
         reached.append(100)
     return reached
 
@@ -143,28 +141,41 @@ def projected_overspend(
 def spend_anomaly(
     scope: str,
     label: str,
-    hour_key: str,
-    last_hour: int,
-    previous_hours: Iterable[int],
+    window_key: str,
+    last_window: int,
+    previous_windows: Iterable[int],
     *,
     factor: int = 5,
     floor: int = 1_000_000_000,
+    window_s: int = 3600,
 ) -> Finding | None:
-    """A finding if the last hour's spend is more than ``factor`` times the mean of the hours before
-    (and at least ``floor``, nano-dollars: $1 by default, so pennies never page anyone)."""
-    hours = list(previous_hours)
-    if last_hour < floor:
+    """A finding if the last window's spend (an hour by default) is more than ``factor`` times the mean of
+    the windows before, and at least ``floor`` (nano-dollars: $1 by default, so pennies never page)."""
+    windows = list(previous_windows)
+    if last_window < floor:
         return None
-    baseline = -(-sum(hours) // len(hours)) if hours else 0
-    if last_hour <= factor * baseline:
+    baseline = -(-sum(windows) // len(windows)) if windows else 0
+    if last_window <= factor * baseline:
         return None
     return Finding(
         ANOMALY,
-        f"{ANOMALY}:{scope}:{hour_key}",
+        f"{ANOMALY}:{scope}:{window_key}",
         scope,
-        f"{label} spent far more in the last hour than usual",
-        {"last_hour": last_hour, "baseline_per_hour": baseline, "factor": factor, "hour": hour_key},
+        f"{label} spent far more in the last {_span(window_s)} than usual",
+        {
+            "last_window": last_window,
+            "baseline_per_window": baseline,
+            "factor": factor,
+            "window_s": window_s,
+            "window": window_key,
+        },
     )
+
+
+def _span(seconds: int) -> str:
+    if seconds % 3600 == 0:
+        return "hour" if seconds == 3600 else f"{seconds // 3600} hours"
+    return f"{seconds} s"
 
 
 def runway_days(remaining: int, burn_per_day: int) -> int | None:

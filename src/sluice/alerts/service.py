@@ -18,6 +18,7 @@ have their own connection pool, so a dead receiver never slows a request.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import random
 import secrets
@@ -31,14 +32,14 @@ import aiohttp
 from sluice.alerts import rules
 from sluice.alerts.channels import Channel, wants
 from sluice.alerts.rules import Finding
-from sluice.errors import DeliveryFailed, NotFound
-from sluice.ledger.entry import Entry
+from sluice.errors import DeliveryFailed, InvalidRequest, NotFound
+from sluice.ledger.entry import OK, Entry
 from sluice.ledger.sink import Ledger
 from sluice.limits.counters import CounterKey, Counters, Room
 from sluice.limits.spec import CALENDAR, period_starts
 from sluice.metrics import Metrics
 from sluice.routing.table import Route
-from sluice.settings import AlertSettings, ProviderSettings
+from sluice.settings import AlertRuleSettings, AlertSettings, ProviderSettings
 from sluice.store.alerts import FAILED, PENDING, SENT, AlertRow
 from sluice.store.keys import KeyStore
 
@@ -47,6 +48,7 @@ _US = 1_000_000
 _DAY_US = 86_400 * _US
 _MAX_ACTIVE = 50_000  # counters the periodic pass re-reads; beyond this only settlements trigger checks
 _REMEMBER_US = 2 * _DAY_US  # local memory of fired keys (the alert log remembers for good)
+_PER_CHANNEL = 4  # deliveries in flight per channel: a storm of alerts queues instead of crowding the loop
 
 Claim = Callable[[str], Awaitable[bool]]  # a shared first-come claim on a finding's key (Redis)
 
@@ -114,13 +116,19 @@ class AlertService:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._slots = {name: asyncio.Semaphore(_PER_CHANNEL) for name in self.channels}
         self._session: aiohttp.ClientSession | None = None
         self._rng = random.Random()  # backoff jitter, not secrets
+        self._stored: dict[str, AlertRuleSettings] = {}  # overrides set through the admin API
+        self._exact: dict[str, AlertRuleSettings] = {}
+        self._patterns: list[tuple[str, AlertRuleSettings]] = []
+        self._merge_rules()
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the two passes."""
+        """Load the overrides, start the two passes."""
+        await self.reload_rules()
         self._tasks = [
             asyncio.create_task(self._counter_pass(), name="sluice-alerts"),
             asyncio.create_task(self._periodic_pass(), name="sluice-alerts-periodic"),
@@ -146,6 +154,63 @@ class AlertService:
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
+    # --- overrides per scope -------------------------------------------------------------------------
+
+    async def reload_rules(self) -> None:
+        """Read the admin API's overrides from the store (every instance, every periodic pass)."""
+        stored: dict[str, AlertRuleSettings] = {}
+        for scope, raw, _updated in await self._store.list_alert_rules():
+            try:
+                stored[scope] = AlertRuleSettings.model_validate_json(raw)
+            except ValueError:
+                log.warning("alerts: ignored an unreadable override for %s", scope)
+        self._stored = stored
+        self._merge_rules()
+
+    def _merge_rules(self) -> None:
+        merged = {**self.settings.scopes, **self._stored}
+        wild = ("*", "?", "[")
+        self._exact = {k: v for k, v in merged.items() if not any(c in k for c in wild)}
+        self._patterns = [(k, v) for k, v in merged.items() if any(c in k for c in wild)]
+
+    def rule_for(self, scope: str) -> AlertRuleSettings | None:
+        """The override that applies to a scope: its own, else the first pattern that matches it."""
+        hit = self._exact.get(scope)
+        if hit is not None or not self._patterns:
+            return hit
+        return next((rule for pattern, rule in self._patterns if fnmatch.fnmatchcase(scope, pattern)), None)
+
+    def applies(self, rule: str, scope: str) -> bool:
+        """Whether a rule runs for a scope (globally enabled, and not narrowed away by its override)."""
+        if rule not in self._enabled:
+            return False
+        override = self.rule_for(scope)
+        return override is None or override.rules is None or rule in override.rules
+
+    def overrides(self) -> list[dict[str, object]]:
+        """Every override, for the admin API: where it comes from and what it sets."""
+        out: list[dict[str, object]] = [
+            {"scope": k, "source": "config", **v.model_dump()}
+            for k, v in self.settings.scopes.items()
+            if k not in self._stored
+        ]
+        out += [{"scope": k, "source": "api", **v.model_dump()} for k, v in self._stored.items()]
+        return sorted(out, key=lambda r: str(r["scope"]))
+
+    async def set_override(self, scope: str, rule: AlertRuleSettings) -> None:
+        """Store a scope's override (checked: its channels exist) and apply it here at once."""
+        unknown = sorted(set(rule.channels or ()) - set(self.channels))
+        if unknown:
+            raise InvalidRequest(f"Unknown alert channel(s): {', '.join(unknown)}.", param="channels")
+        await self._store.put_alert_rule(scope, rule.model_dump_json(exclude_none=True), self._clock())
+        await self.reload_rules()
+
+    async def drop_override(self, scope: str) -> bool:
+        """Remove a scope's stored override (the config's, if any, applies again)."""
+        dropped = await self._store.delete_alert_rule(scope)
+        await self.reload_rules()
+        return dropped
+
     # --- the request path: notes only -----------------------------------------------------------------
 
     def settled(self, entry: Entry) -> None:
@@ -160,12 +225,13 @@ class AlertService:
                                 self._pending[key] = _Watch(room)
             if self._pending:
                 self._wake.set()
-        if self._health and entry.alias in self._primary and entry.provider:
+        if self._health and entry.status == OK and entry.alias in self._primary:
             self._count_served(entry)
 
-    def refused(self, room: Room) -> None:
-        """A spend or count cap refused a request (its 100 % moment, once spend is near it)."""
-        if self._counting and room.limit.period in CALENDAR:
+    def refused(self, room: Room, need: int) -> None:
+        """A spend or count cap refused a request it would have taken empty: its 100 % moment (a request
+        larger than the whole cap says nothing about how full it is)."""
+        if self._counting and room.limit.period in CALENDAR and need <= room.limit.amount:
             self._pending[(room.scope.id, room.limit.metric, room.window.key)] = _Watch(room, refused=True)
             self._wake.set()
 
@@ -207,7 +273,8 @@ class AlertService:
                     await self.fire(finding)
                 await self._check_counters(batch)
                 await self._check_fallbacks()
-            except Exception:  # a pass that fails (store, Redis away) is retried by the periodic pass
+            except Exception:  # store or Redis away: counters are re-read by the periodic pass, and
+                self._events[:0] = events  # the health events kept (those already sent are remembered)
                 log.exception("alerts: evaluating settlements failed")
 
     async def _periodic_pass(self) -> None:
@@ -221,6 +288,7 @@ class AlertService:
 
     async def evaluate(self) -> None:
         """One periodic pass: every active counter, the ledger rules, the fallback shares."""
+        await self.reload_rules()
         now = self._clock()
         self._forget(now)
         await self._check_counters(dict(self._active))
@@ -253,17 +321,13 @@ class AlertService:
     def _counter_findings(self, watch: _Watch, spent: int, now: int) -> list[Finding]:
         scope, limit, window = watch.room.scope, watch.room.limit, watch.room.window
         found: list[Finding] = []
-        if rules.THRESHOLD in self._enabled:
+        if self.applies(rules.THRESHOLD, scope.id):
+            override = self.rule_for(scope.id)
+            thresholds = (override.thresholds if override is not None else None) or self.settings.thresholds
             found += rules.threshold_findings(
-                scope.id,
-                scope.label,
-                limit,
-                window.key,
-                spent,
-                self.settings.thresholds,
-                refused=watch.refused,
+                scope.id, scope.label, limit, window.key, spent, thresholds, refused=watch.refused
             )
-        if rules.PROJECTED in self._enabled and window.end_us:
+        if self.applies(rules.PROJECTED, scope.id) and window.end_us:
             start = period_starts(now)[limit.period]
             share = Decimal(self.settings.projected_min_elapsed_pct) / 100
             projected = rules.projected_overspend(
@@ -290,10 +354,19 @@ class AlertService:
         floor = int(s.anomaly_min_usd.scaleb(9))
         bucket = _bucket(now, s.anomaly_window_s)
         for scope, spent in last.items():
+            if not self.applies(rules.ANOMALY, scope):
+                continue
             before = longer.get(scope, spent) - spent
             per_window = [before // s.anomaly_baseline_windows] * s.anomaly_baseline_windows
             found = rules.spend_anomaly(
-                scope, scope, bucket, spent, per_window, factor=s.anomaly_factor, floor=max(floor, 1)
+                scope,
+                scope,
+                bucket,
+                spent,
+                per_window,
+                factor=s.anomaly_factor,
+                floor=max(floor, 1),
+                window_s=s.anomaly_window_s,
             )
             if found is not None:
                 await self.fire(found)
@@ -304,6 +377,8 @@ class AlertService:
         week = _by_provider(await self._ledger.totals(now - 7 * _DAY_US))
         today_rows = _by_provider(await self._ledger.totals(day_start))
         for p in self._providers:
+            if not self.applies(rules.RUNWAY, f"provider:{p.name}"):
+                continue
             remaining = None
             burn_days = 7
             if p.credits_usd is not None:
@@ -348,14 +423,18 @@ class AlertService:
 
     async def fire(self, finding: Finding) -> AlertRow | None:
         """Claim, log and send a finding, unless it was already (here, or by another instance)."""
-        if finding.key in self._fired:
+        if finding.key in self._fired or not self.applies(finding.rule, finding.scope):
             return None
         now = self._clock()
         self._fired[finding.key] = now
         try:
             if self._claim is not None and not await self._claim(finding.key):
                 return None  # another instance has it
-            channels = [c for c in self.channels.values() if wants(c.settings, finding)]
+            override = self.rule_for(finding.scope)
+            if override is not None and override.channels is not None:
+                channels = [self.channels[name] for name in override.channels if name in self.channels]
+            else:
+                channels = [c for c in self.channels.values() if wants(c.settings, finding)]
             row = AlertRow(
                 _new_id(), finding.key, finding.rule, finding.scope, finding.summary, finding.facts, now
             )
@@ -378,7 +457,8 @@ class AlertService:
         error = ""
         for attempt in range(1, s.attempts + 1):
             try:
-                await channel.send(self.session(), row.id, finding, row.created_us, test=row.test)
+                async with self._slots[channel.name]:
+                    await channel.send(self.session(), row.id, finding, row.created_us, test=row.test)
             except DeliveryFailed as exc:
                 error = exc.message
             else:

@@ -12,6 +12,8 @@
     GET    /admin/provider-keys           list them (fingerprints only); DELETE /admin/provider-keys/{id}
     GET    /admin/alerts?limit=N          the alert log, newest first, with each channel's delivery
     POST   /admin/alerts/test             send a test alert to a channel ({"channel": NAME})
+    GET    /admin/alert-rules             alert overrides per scope (from the config and from this API)
+    PUT    /admin/alert-rules/{scope}     set a scope's thresholds, rules or channels; DELETE removes it
     GET    /admin/openapi.json            this API, described
 
 Store calls are awaited (SQLite's on a thread): the event loop never waits on the database.
@@ -22,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -33,6 +35,7 @@ from sluice.keys.provider_keys import ProviderKeys
 from sluice.keys.spec import KeyChange, KeyCreate
 from sluice.ledger.entry import usd_text
 from sluice.limits.spec import USD
+from sluice.settings import AlertRuleSettings
 from sluice.store.keys import KeyRow, ProviderKeyRow
 
 if TYPE_CHECKING:
@@ -277,7 +280,7 @@ async def alerts(api: SluiceAPI, req: Request) -> None:
     await api.admin(req)
     query = parse_qs(req.scope.get("query_string", b"").decode("latin-1"))
     raw = query.get("limit", ["100"])[0]
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
         raise InvalidRequest("'limit' must be an integer from 1 to 1000.", param="limit")
     rows = await _alerts(api).history(int(raw))
     await _send(api, req, 200, {"object": "list", "data": [r.public() for r in rows]})
@@ -295,3 +298,34 @@ async def alert_test(api: SluiceAPI, req: Request) -> None:
             f"(logged as {row.id})."
         )
     await _send(api, req, 200, row.public())
+
+
+async def alert_rules(api: SluiceAPI, req: Request) -> None:
+    """``GET /admin/alert-rules``: every override, with where it comes from."""
+    await api.admin(req)
+    await _send(api, req, 200, {"object": "list", "data": _alerts(api).overrides()})
+
+
+async def alert_rule_item(api: SluiceAPI, req: Request) -> None:
+    """``PUT`` or ``DELETE /admin/alert-rules/{scope}``, the scope URL-encoded (``%2F`` for a ``/`` in
+    ``deployment:openai/gpt-4o``), read from the raw path so an encoded slash stays part of it."""
+    await api.admin(req)
+    raw_path = req.scope.get("raw_path") or req.scope["path"].encode()
+    encoded = raw_path.decode("latin-1").split("?", 1)[0].removeprefix("/admin/alert-rules/")
+    scope = unquote(encoded)
+    if not scope or len(scope) > 300 or not scope.isprintable() or "/" in encoded:
+        raise NotFound(f"Unknown path: {req.scope['method']} {req.scope['path']}")
+    service = _alerts(api)
+    method = req.scope["method"]
+    if method == "PUT":
+        rule = _validated(AlertRuleSettings, await api.read_body(req), "alert rule")
+        await service.set_override(scope, rule)
+        await _send(api, req, 200, {"scope": scope, "source": "api", **rule.model_dump()})
+    elif method == "DELETE":
+        if not await service.drop_override(scope):
+            raise NotFound(f"No alert override for {scope!r} was set through the API.", param="scope")
+        await _send(api, req, 200, {"scope": scope, "deleted": True})
+    else:
+        raise MethodNotAllowed(
+            f"Method {method} is not allowed here; use PUT or DELETE.", headers={"allow": "DELETE, PUT"}
+        )

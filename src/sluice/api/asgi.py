@@ -248,6 +248,9 @@ class SluiceAPI:
             elif path.startswith("/admin/keys/"):
                 await admin_api.key_item(self, req, path[len("/admin/keys/") :])
                 return
+            elif path.startswith("/admin/alert-rules/"):
+                await admin_api.alert_rule_item(self, req)
+                return
             elif path.startswith("/admin/provider-keys/"):
                 await admin_api.provider_key_item(self, req, path[len("/admin/provider-keys/") :])
                 return
@@ -570,6 +573,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/admin/provider-keys": {"GET": admin_api.provider_keys, "POST": admin_api.provider_keys},
     "/admin/alerts": {"GET": admin_api.alerts},
     "/admin/alerts/test": {"POST": admin_api.alert_test},
+    "/admin/alert-rules": {"GET": admin_api.alert_rules},
     "/admin/openapi.json": {"GET": admin_api.openapi},
 }
 # Refused before any provider was called: recorded as such, never charged.
@@ -589,6 +593,6 @@ def _request_id() -> bytes:
 def _int_param(value: str | None, name: str) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or int(value) < 1:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
         raise InvalidRequest(f"'{name}' must be a positive integer.", param=name)
     return int(value)

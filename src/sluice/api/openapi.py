@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from sluice.keys.spec import KeyChange, KeyCreate
+from sluice.settings import AlertRuleSettings
 
 _REF = "#/components/schemas/{model}"
 _ERROR = {
@@ -132,6 +133,70 @@ def _list_of(schema: str) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": body}}}
 
 
+_ALERT = {
+    "type": "object",
+    "description": "An alert as logged: fired once (across instances), with each channel's delivery.",
+    "required": ["id", "key", "rule", "scope", "summary", "facts", "created_us", "test", "deliveries"],
+    "properties": {
+        "id": {"type": "string", "description": "alrt_ + 24 hex"},
+        "key": {
+            "type": "string",
+            "description": "What it is about in this period: the unit of deduplication",
+        },
+        "rule": {
+            "enum": [
+                "threshold",
+                "projected_overspend",
+                "spend_anomaly",
+                "credit_runway",
+                "provider_health",
+                "test",
+            ]
+        },
+        "scope": {"type": "string", "description": "key:ID, team:NAME, provider:NAME, alias:NAME, …"},
+        "summary": {"type": "string"},
+        "facts": {
+            "type": "object",
+            "description": "The rule's numbers (money in nano-dollars); docs/alerts.md",
+        },
+        "created_us": {"type": "integer", "description": "Unix microseconds"},
+        "test": {"type": "boolean"},
+        "deliveries": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["channel", "status", "attempts", "last_error", "updated_us"],
+                "properties": {
+                    "channel": {"type": "string"},
+                    "status": {"enum": ["pending", "sent", "failed"]},
+                    "attempts": {"type": "integer"},
+                    "last_error": _NULLABLE_STR,
+                    "updated_us": {"type": "integer"},
+                },
+            },
+        },
+    },
+}
+_ALERT_RULE = {
+    "type": "object",
+    "required": ["scope"],
+    "properties": {
+        "scope": {"type": "string"},
+        "source": {"enum": ["config", "api"]},
+        "thresholds": {"type": ["array", "null"], "items": {"type": "integer"}},
+        "rules": {"type": ["array", "null"], "items": {"type": "string"}},
+        "channels": {"type": ["array", "null"], "items": {"type": "string"}},
+        "deleted": {"type": "boolean"},
+    },
+}
+_ALERT_TEST = {
+    "type": "object",
+    "required": ["channel"],
+    "additionalProperties": False,
+    "properties": {"channel": {"type": "string", "description": "A channel's name in the config"}},
+}
+
+
 def _op(summary: str, ok: dict[str, Any], status: str = "200", body: str | None = None) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
@@ -168,10 +233,13 @@ def admin_openapi() -> dict[str, Any]:
         "components": {
             "securitySchemes": {"adminKey": {"type": "http", "scheme": "bearer"}},
             "schemas": {
-                **_schemas(KeyCreate, KeyChange),
+                **_schemas(KeyCreate, KeyChange, AlertRuleSettings),
                 "Key": _KEY,
                 "Counter": _COUNTER,
                 "Deployment": _DEPLOYMENT,
+                "Alert": _ALERT,
+                "AlertTest": _ALERT_TEST,
+                "AlertRule": _ALERT_RULE,
                 "ProviderKey": _PROVIDER_KEY,
                 "NewProviderKey": _NEW_PROVIDER_KEY,
                 "Error": _ERROR,
@@ -222,6 +290,47 @@ def admin_openapi() -> dict[str, Any]:
             },
             "/admin/deployments": {
                 "get": _op("Deployments and their health, as this instance sees it", _list_of("Deployment"))
+            },
+            "/admin/alerts": {
+                "get": {
+                    **_op("The alert log, newest first, with each delivery", _list_of("Alert")),
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        }
+                    ],
+                }
+            },
+            "/admin/alert-rules": {
+                "get": _op(
+                    "Alert overrides per scope, from the config and from this API", _list_of("AlertRule")
+                )
+            },
+            "/admin/alert-rules/{scope}": {
+                "parameters": [
+                    {
+                        "name": "scope",
+                        "in": "path",
+                        "required": True,
+                        "description": "A scope id or glob pattern, URL-encoded (key%3Akey_1, team%3A*)",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "put": _op("Set a scope's alert override", _json("AlertRule"), body="AlertRuleSettings"),
+                "delete": _op("Remove a scope's override set through this API", _json("AlertRule")),
+            },
+            "/admin/alerts/test": {
+                "post": {
+                    **_op("Send a test alert to one channel now", _json("Alert"), body="AlertTest"),
+                    "responses": {
+                        **_op("", _json("Alert"))["responses"],
+                        "200": {"description": "Delivered", **_json("Alert")},
+                        "404": {"description": "No such channel", **_json("Error")},
+                        "502": {"description": "The channel did not take it", **_json("Error")},
+                    },
+                }
             },
         },
     }

@@ -132,9 +132,9 @@ def header_safe(text: str) -> str:
 
 def refusal(room: Room, used: int, need: int, now_us: int) -> SluiceError:
     """The 429 for a full limit: which scope, which limit, how full, and when it resets (the room rides on
-    the error, ``detail``, for whoever watches refusals: the alerts)."""
+    the error, ``detail``, with what the request needed, for whoever watches refusals: the alerts)."""
     err = _refusal(room, used, need, now_us)
-    err.detail = room
+    err.detail = (room, need)
     return err
 
 

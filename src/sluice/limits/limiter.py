@@ -110,7 +110,8 @@ class Limiter:
         self._bytes_per_token = bytes_per_token
         self._ledger: Ledger | None = None
         self._reloading: dict[str, asyncio.Event] = {}  # key id → set when its counters are reloaded
-        self.on_refusal: Callable[[Room], None] | None = None  # told when a spend or count cap refuses
+        # told when a spend or count cap refuses a request (its counter, and what the request needed)
+        self.on_refusal: Callable[[Room, int], None] | None = None
 
     @property
     def active(self) -> bool:
@@ -205,8 +206,9 @@ class Limiter:
                 return await self._reserve_remotely(scopes, need, entry.ts_us)
             return await self.counters.reserve(scopes, need, entry.ts_us)  # never yields: nothing to orphan
         except BudgetExceeded as exc:
-            if self.on_refusal is not None and isinstance(exc.detail, Room):
-                self.on_refusal(exc.detail)  # a cap stopped a request: the alerts' 100 % moment
+            if self.on_refusal is not None and isinstance(exc.detail, tuple):
+                room, amount = exc.detail
+                self.on_refusal(room, amount)  # a cap stopped a request: the alerts' 100 % moment
             raise
 
     async def _reserve_remotely(self, scopes: tuple[Scope, ...], need: Need, ts_us: int) -> Hold:

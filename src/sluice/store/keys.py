@@ -242,3 +242,15 @@ class KeyStore(Protocol):
     async def list_alerts(self, limit: int, since_us: int = 0) -> list[AlertRow]:
         """The latest alerts (newest first) with their deliveries."""
         ...
+
+    async def list_alert_rules(self) -> list[tuple[str, str, int]]:
+        """Alert overrides set through the admin API: (scope, settings JSON, updated µs)."""
+        ...
+
+    async def put_alert_rule(self, scope: str, settings: str, at_us: int) -> None:
+        """Set a scope's alert override."""
+        ...
+
+    async def delete_alert_rule(self, scope: str) -> bool:
+        """Remove a scope's alert override; False if it had none."""
+        ...

@@ -127,6 +127,11 @@ MIGRATIONS: tuple[str, ...] = (
         updated_us BIGINT NOT NULL,
         PRIMARY KEY (alert_id, channel)
     );
+    CREATE TABLE alert_rules (
+        scope TEXT PRIMARY KEY,
+        settings TEXT NOT NULL,
+        updated_us BIGINT NOT NULL
+    );
     """,
 )
 
@@ -304,6 +309,25 @@ class PostgresStore:
         ids = [a[0] for a in alerts]
         deliveries = [tuple(r) for r in await self.pool.fetch(_LIST_DELIVERIES, ids)] if ids else []
         return alert_rows(alerts, deliveries)
+
+    async def list_alert_rules(self) -> list[tuple[str, str, int]]:
+        """Alert overrides set through the admin API: (scope, settings JSON, updated µs)."""
+        records = await self.pool.fetch("SELECT scope, settings, updated_us FROM alert_rules ORDER BY scope")
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in records]
+
+    async def put_alert_rule(self, scope: str, settings: str, at_us: int) -> None:
+        """Set a scope's alert override."""
+        await self.pool.execute(
+            "INSERT INTO alert_rules (scope, settings, updated_us) VALUES ($1, $2, $3) "
+            "ON CONFLICT (scope) DO UPDATE SET settings = $2, updated_us = $3",
+            scope,
+            settings,
+            at_us,
+        )
+
+    async def delete_alert_rule(self, scope: str) -> bool:
+        """Remove a scope's alert override; False if it had none."""
+        return bool(await self.pool.execute("DELETE FROM alert_rules WHERE scope = $1", scope) == "DELETE 1")
 
 
 _CLAIM_ALERT = (

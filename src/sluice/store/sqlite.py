@@ -131,6 +131,11 @@ MIGRATIONS: tuple[str, ...] = (
         last_error TEXT,
         updated_us INTEGER NOT NULL,
         PRIMARY KEY (alert_id, channel)
+    );
+    CREATE TABLE alert_rules (
+        scope TEXT PRIMARY KEY,
+        settings TEXT NOT NULL,
+        updated_us INTEGER NOT NULL
     )
     """,
 )
@@ -287,6 +292,22 @@ class SQLiteStore:
             return alert_rows(alerts, db.execute(sql, ids).fetchall() if ids else [])
 
         return await self._run(read)
+
+    async def list_alert_rules(self) -> list[tuple[str, str, int]]:
+        """Alert overrides set through the admin API: (scope, settings JSON, updated µs)."""
+        sql = "SELECT scope, settings, updated_us FROM alert_rules ORDER BY scope"
+        rows = await self._run(lambda db: db.execute(sql).fetchall())
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+    async def put_alert_rule(self, scope: str, settings: str, at_us: int) -> None:
+        """Set a scope's alert override."""
+        sql = "INSERT OR REPLACE INTO alert_rules (scope, settings, updated_us) VALUES (?, ?, ?)"
+        await self._run(lambda db: db.execute(sql, (scope, settings, at_us)))
+
+    async def delete_alert_rule(self, scope: str) -> bool:
+        """Remove a scope's alert override; False if it had none."""
+        sql = "DELETE FROM alert_rules WHERE scope = ?"
+        return await self._run(lambda db: db.execute(sql, (scope,)).rowcount == 1)
 
     async def close(self) -> None:
         """Nothing to do: the connection lives as long as the process (``shut`` closes it)."""
