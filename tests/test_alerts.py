@@ -6,6 +6,7 @@ three instances on one PostgreSQL and Redis, channels that are down, and request
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,8 @@ from sluice.alerts.payload import SIGNATURE_HEADER, verify
 from sluice.app import create_app
 from sluice.config_file import parse_config
 from sluice.emulator import Emulator
+from sluice.store.alerts import AlertRow
+from sluice.store.sqlite import SQLiteStore
 from tests.alert_receivers import SMTP_PASSWORD, Post, SMTPReceiver, WebhookReceiver
 from tests.conftest import ADMIN_KEY, ServerThread, admin_call, free_port, provider_env
 from tests.servers import fresh_database
@@ -466,3 +469,47 @@ def test_an_override_in_the_config_silences_a_rule_for_matching_scopes(
             "channels": None,
         }
     ]
+
+
+def test_a_delivery_left_pending_by_a_stopped_instance_is_finished(
+    emulator: Emulator, tmp_path: Path, hook: WebhookReceiver, start: Callable[..., Node]
+) -> None:
+    """An instance claimed an alert, tried the webhook twice and stopped: the next one to run finishes it
+    (and gives up on a channel that is no longer configured)."""
+    an_hour_ago = (time.time_ns() // 1000) - 3_600_000_000
+    store = SQLiteStore(tmp_path / "sluice.db")
+    row = AlertRow(
+        "alrt_left_behind",
+        "threshold:key:k1:usd/day:d2026-11-25:80",
+        "threshold",
+        "key:k1",
+        "key 'k1' has used 80 % of its usd/day cap",
+        {"threshold_pct": 80, "spent": 80, "cap": 100},
+        an_hour_ago,
+    )
+
+    async def leave_pending() -> None:
+        assert await store.claim_alert(row, ["hook", "retired"])
+        await store.record_delivery(
+            row.id, "hook", "pending", 2, "the receiver answered HTTP 503", an_hour_ago
+        )
+
+    asyncio.run(leave_pending())
+    store.shut()
+    node = start(_config(emulator, tmp_path, "  rules: []\n  resume_after_s: 60\n" + _channels(hook, None)))
+    _wait(lambda: bool(hook.at("/hook")), "the left-behind alert delivered")
+    [post] = hook.at("/hook")
+    assert post.json()["id"] == row.id and post.json()["key"] == row.dedup_key
+    assert verify(SECRET, post.headers[SIGNATURE_HEADER], post.raw, int(time.time()))
+
+    def settled() -> dict[str, tuple[str, int, str | None]]:
+        [alert] = node.alerts()
+        return {d["channel"]: (d["status"], d["attempts"], d["last_error"]) for d in alert["deliveries"]}
+
+    _wait(lambda: all(s != "pending" for s, _, _ in settled().values()), "both deliveries settled")
+    assert settled() == {
+        "hook": ("sent", 3, None),
+        "retired": ("failed", 0, "the channel is no longer configured"),
+    }
+    time.sleep(0.5)
+    assert len(hook.at("/hook")) == 1  # taken over once, not at every pass

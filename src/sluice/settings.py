@@ -487,6 +487,12 @@ class AlertSettings(_Strict):
         1.0, "Wait before the second attempt; doubled each time (jittered).", gt=0
     )
     backoff_max_s: float = setting(60.0, "Longest wait between attempts.", gt=0)
+    resume_after_s: float = setting(
+        600.0,
+        "A delivery left pending this long (its instance stopped mid-retry) is taken over and finished by "
+        "another instance, or by this one after a restart.",
+        gt=0,
+    )
     channels: list[ChannelSettings] = setting([], "Channels (see ChannelSettings).")
     scopes: dict[str, AlertRuleSettings] = setting(
         {},

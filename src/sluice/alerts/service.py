@@ -297,6 +297,7 @@ class AlertService:
         if rules.RUNWAY in self._enabled and self._providers:
             await self._check_runway(now)
         await self._check_fallbacks()
+        await self._resume(now)
 
     def _forget(self, now: int) -> None:
         """Drop counters whose window ended, and local memory of old findings."""
@@ -446,16 +447,42 @@ class AlertService:
         log.warning("alert %s: %s", row.id, finding.summary)
         self._metrics.count("alert", finding.rule)
         for channel in channels:
-            task = asyncio.create_task(self._deliver(channel, row, finding))
-            self._deliveries.add(task)
-            task.add_done_callback(self._deliveries.discard)
+            self._send(channel, row, finding)
         return row
 
-    async def _deliver(self, channel: Channel, row: AlertRow, finding: Finding) -> None:
+    def _send(self, channel: Channel, row: AlertRow, finding: Finding, tried: int = 0) -> None:
+        task = asyncio.create_task(self._deliver(channel, row, finding, tried))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+
+    async def _resume(self, now: int) -> None:
+        """Finish deliveries left pending by an instance that stopped mid-retry (each taken by one
+        instance: a compare-and-set on the delivery's last update)."""
+        before = now - int(self.settings.resume_after_s * _US)
+        for row in await self._store.stale_deliveries(before, 100):
+            finding = Finding(row.rule, row.dedup_key, row.scope, row.summary, row.facts)
+            for d in row.deliveries:
+                if not await self._store.take_delivery(row.id, d.channel, d.updated_us, now):
+                    continue  # another instance took it
+                channel = self.channels.get(d.channel)
+                if channel is None:
+                    await self._record(
+                        row.id, d.channel, FAILED, d.attempts, "the channel is no longer configured"
+                    )
+                    continue
+                log.warning(
+                    "alert %s: resuming its delivery to %s after %d attempt(s)", row.id, d.channel, d.attempts
+                )
+                self._send(channel, row, finding, d.attempts)
+
+    async def _deliver(self, channel: Channel, row: AlertRow, finding: Finding, tried: int = 0) -> None:
+        """Try up to ``attempts`` times in all (``tried`` already made, by a stopped instance; at least
+        one more), recording each failure, then sent or failed."""
         s = self.settings
+        last = max(s.attempts, tried + 1)
         delay = s.backoff_base_s
         error = ""
-        for attempt in range(1, s.attempts + 1):
+        for attempt in range(tried + 1, last + 1):
             try:
                 async with self._slots[channel.name]:
                     await channel.send(self.session(), row.id, finding, row.created_us, test=row.test)
@@ -465,7 +492,7 @@ class AlertService:
                 self._metrics.count("alert_delivery", channel.name, "sent")
                 await self._record(row.id, channel.name, SENT, attempt, None)
                 return
-            if attempt == s.attempts:
+            if attempt == last:
                 break
             self._metrics.count("alert_delivery", channel.name, "retry")
             await self._record(row.id, channel.name, PENDING, attempt, error)
@@ -473,9 +500,9 @@ class AlertService:
             delay = min(delay * 2, s.backoff_max_s)
         self._metrics.count("alert_delivery", channel.name, "failed")
         log.warning(
-            "alert %s: channel %s failed after %d attempts: %s", row.id, channel.name, s.attempts, error
+            "alert %s: channel %s failed after %d attempts: %s", row.id, channel.name, last, error
         )
-        await self._record(row.id, channel.name, FAILED, s.attempts, error)
+        await self._record(row.id, channel.name, FAILED, last, error)
 
     async def _record(
         self, alert_id: str, channel: str, status: str, attempts: int, error: str | None

@@ -243,6 +243,14 @@ class KeyStore(Protocol):
         """The latest alerts (newest first) with their deliveries."""
         ...
 
+    async def stale_deliveries(self, before_us: int, limit: int) -> list[AlertRow]:
+        """Alerts with a delivery still pending since before ``before_us`` (each with those deliveries)."""
+        ...
+
+    async def take_delivery(self, alert_id: str, channel: str, seen_us: int, now_us: int) -> bool:
+        """Take over a stale pending delivery, if it is still as it was seen (one instance wins)."""
+        ...
+
     async def list_alert_rules(self) -> list[tuple[str, str, int]]:
         """Alert overrides set through the admin API: (scope, settings JSON, updated µs)."""
         ...

@@ -310,6 +310,18 @@ class PostgresStore:
         deliveries = [tuple(r) for r in await self.pool.fetch(_LIST_DELIVERIES, ids)] if ids else []
         return alert_rows(alerts, deliveries)
 
+    async def stale_deliveries(self, before_us: int, limit: int) -> list[AlertRow]:
+        """Alerts with a delivery still pending since before ``before_us`` (each with those deliveries)."""
+        pending = [tuple(r) for r in await self.pool.fetch(_STALE_DELIVERIES, PENDING, before_us, limit)]
+        ids = sorted({str(d[0]) for d in pending})
+        alerts = [tuple(r) for r in await self.pool.fetch(_ALERTS_BY_ID, ids)] if ids else []
+        return alert_rows(alerts, pending)
+
+    async def take_delivery(self, alert_id: str, channel: str, seen_us: int, now_us: int) -> bool:
+        """Take over a stale pending delivery, if it is still as it was seen (one instance wins)."""
+        done = await self.pool.execute(_TAKE_DELIVERY, now_us, alert_id, channel, PENDING, seen_us)
+        return bool(done == "UPDATE 1")
+
     async def list_alert_rules(self) -> list[tuple[str, str, int]]:
         """Alert overrides set through the admin API: (scope, settings JSON, updated µs)."""
         records = await self.pool.fetch("SELECT scope, settings, updated_us FROM alert_rules ORDER BY scope")
@@ -343,3 +355,12 @@ _LIST_ALERTS = (
     f"SELECT {ALERT_COLUMNS} FROM alerts WHERE created_us >= $1 ORDER BY created_us DESC, id LIMIT $2"  # noqa: S608 - constant
 )
 _LIST_DELIVERIES = f"SELECT {DELIVERY_COLUMNS} FROM alert_deliveries WHERE alert_id = ANY($1::text[])"  # noqa: S608 - constant
+_STALE_DELIVERIES = (
+    f"SELECT {DELIVERY_COLUMNS} FROM alert_deliveries WHERE status = $1 AND updated_us < $2 "  # noqa: S608 - constant
+    "ORDER BY updated_us LIMIT $3"
+)
+_ALERTS_BY_ID = f"SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ANY($1::text[])"  # noqa: S608 - constant
+_TAKE_DELIVERY = (
+    "UPDATE alert_deliveries SET updated_us = $1 WHERE alert_id = $2 AND channel = $3 AND status = $4 "
+    "AND updated_us = $5"
+)

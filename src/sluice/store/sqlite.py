@@ -293,6 +293,23 @@ class SQLiteStore:
 
         return await self._run(read)
 
+    async def stale_deliveries(self, before_us: int, limit: int) -> list[AlertRow]:
+        """Alerts with a delivery still pending since before ``before_us`` (each with those deliveries)."""
+
+        def read(db: sqlite3.Connection) -> list[AlertRow]:
+            pending = db.execute(_STALE_DELIVERIES, (PENDING, before_us, limit)).fetchall()
+            ids = sorted({d[0] for d in pending})
+            marks = ", ".join("?" * len(ids))
+            sql = f"SELECT {ALERT_COLUMNS} FROM alerts WHERE id IN ({marks})"  # noqa: S608 - placeholders only
+            return alert_rows(db.execute(sql, ids).fetchall() if ids else [], pending)
+
+        return await self._run(read)
+
+    async def take_delivery(self, alert_id: str, channel: str, seen_us: int, now_us: int) -> bool:
+        """Take over a stale pending delivery, if it is still as it was seen (one instance wins)."""
+        values = (now_us, alert_id, channel, PENDING, seen_us)
+        return await self._run(lambda db: db.execute(_TAKE_DELIVERY, values).rowcount == 1)
+
     async def list_alert_rules(self) -> list[tuple[str, str, int]]:
         """Alert overrides set through the admin API: (scope, settings JSON, updated µs)."""
         sql = "SELECT scope, settings, updated_us FROM alert_rules ORDER BY scope"
@@ -328,4 +345,12 @@ _UPDATE_DELIVERY = (
 )
 _LIST_ALERTS = (
     f"SELECT {ALERT_COLUMNS} FROM alerts WHERE created_us >= ? ORDER BY created_us DESC, id LIMIT ?"  # noqa: S608 - constant
+)
+_STALE_DELIVERIES = (
+    f"SELECT {DELIVERY_COLUMNS} FROM alert_deliveries WHERE status = ? AND updated_us < ? "  # noqa: S608 - constant
+    "ORDER BY updated_us LIMIT ?"
+)
+_TAKE_DELIVERY = (
+    "UPDATE alert_deliveries SET updated_us = ? WHERE alert_id = ? AND channel = ? AND status = ? "
+    "AND updated_us = ?"
 )
