@@ -499,9 +499,7 @@ class AlertService:
             await asyncio.sleep(delay * (0.5 + self._rng.random() / 2))
             delay = min(delay * 2, s.backoff_max_s)
         self._metrics.count("alert_delivery", channel.name, "failed")
-        log.warning(
-            "alert %s: channel %s failed after %d attempts: %s", row.id, channel.name, last, error
-        )
+        log.warning("alert %s: channel %s failed after %d attempts: %s", row.id, channel.name, last, error)
         await self._record(row.id, channel.name, FAILED, last, error)
 
     async def _record(
