@@ -445,6 +445,10 @@ def test_a_keys_own_thresholds_and_channels_through_the_admin_api(
     assert admin_call(node.root, "DELETE", path)[0] == 404
     assert admin_call(node.root, "GET", path)[0] == 405
     assert admin_call(node.root, "PUT", "/admin/alert-rules/", {"thresholds": [5]})[0] == 404
+    slashed = "/admin/alert-rules/deployment%3Aopenai%2Falert-flaky-p"  # an encoded slash stays in the scope
+    status, answer, _ = admin_call(node.root, "PUT", slashed, {"rules": []})
+    assert (status, answer["scope"]) == (200, "deployment:openai/alert-flaky-p")
+    assert admin_call(node.root, "DELETE", slashed)[0] == 200
     for i in range(60):  # $0.056 in all: the global 50 % now applies, to every channel
         assert _ask(client, 100 + i)
     _wait(lambda: len(hook.at("/slack")) == 1, "the global 50 % alert on Slack too")
