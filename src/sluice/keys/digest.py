@@ -26,6 +26,20 @@ def digest(secret: bytes, key: str) -> str:
     return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()
 
 
+class Digester:
+    """``digest`` under one secret, keyed once: each call copies the keyed state (half the cost)."""
+
+    __slots__ = ("_keyed",)
+
+    def __init__(self, secret: bytes) -> None:
+        self._keyed = hmac.new(secret, digestmod=hashlib.sha256)
+
+    def __call__(self, key: str) -> str:
+        mac = self._keyed.copy()
+        mac.update(key.encode())
+        return mac.hexdigest()
+
+
 def hint(key: str) -> str:
     """A short, non-secret reminder of which key this is (last four characters)."""
     return f"{KEY_PREFIX}…{key[-4:]}"

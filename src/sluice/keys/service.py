@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sluice.errors import AuthenticationFailed, NotFound, PermissionDenied, ServiceUnavailable
-from sluice.keys.digest import KEY_SHAPE, digest, hint, new_key
+from sluice.keys.digest import KEY_SHAPE, Digester, digest, hint, new_key
 from sluice.keys.policy import OPEN, KeyPolicy
 from sluice.keys.spec import KeyChange
 from sluice.limits.limiter import NO_KEY_LIMITS, KeyLimits, key_limits
@@ -107,6 +107,7 @@ class KeyService:
         self._max_cache = max_cache
         self.store = store
         self._secret = secret
+        self._digest = Digester(secret)  # the hot path's digest (``authenticate``)
         self._ttl = ttl
         self._cache: dict[str, tuple[Principal | None, float]] = {}
         self._env_admin = digest(secret, admin_key) if admin_key else None
@@ -275,7 +276,7 @@ class KeyService:
         """The principal for a presented key, or ``AuthenticationFailed`` (same message for every failure)."""
         if not key:
             raise _auth_failed()
-        d = digest(self._secret, key)
+        d = self._digest(key)
         if self._env_admin is not None and hmac.compare_digest(self._env_admin, d):
             return ADMIN
         if not KEY_SHAPE.fullmatch(key):  # not a key we could have issued: no store read, no cache entry
