@@ -87,6 +87,7 @@ class Request:
 
 
 Handler = Callable[["SluiceAPI", Request], Awaitable[None]]
+GC_THRESHOLDS = (20_000, 20, 20)  # young, middle, old: see the lifespan startup
 
 
 class _DisconnectWatch:
@@ -188,6 +189,10 @@ class SluiceAPI:
                 # of the collector's sight, or every full collection re-scans it on the hot path.
                 gc.collect()
                 gc.freeze()
+                # Collect the young generation every 20,000 net allocations, not Python's 700: a request
+                # allocates a few hundred tracked objects, nearly all freed by reference counting, so the
+                # default ran a collection every few requests (measured: 9 % of a request's CPU).
+                gc.set_threshold(*GC_THRESHOLDS)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self._on_shutdown()
