@@ -36,6 +36,7 @@ from sluice.errors import DeliveryFailed, InvalidRequest, NotFound
 from sluice.ledger.entry import OK, Entry
 from sluice.ledger.sink import Ledger
 from sluice.limits.counters import CounterKey, Counters, Room
+from sluice.limits.limiter import ledger_scope_ids
 from sluice.limits.spec import CALENDAR, period_starts
 from sluice.metrics import Metrics
 from sluice.routing.table import Route
@@ -59,6 +60,10 @@ class _Watch:
 
     room: Room
     refused: bool = False
+
+
+def _counter(room: Room) -> CounterKey:
+    return (room.scope.id, room.limit.metric, room.window.key)
 
 
 def _bucket(now_us: int, seconds: int) -> str:
@@ -182,10 +187,12 @@ class AlertService:
 
     def applies(self, rule: str, scope: str) -> bool:
         """Whether a rule runs for a scope (globally enabled, and not narrowed away by its override)."""
-        if rule not in self._enabled:
-            return False
-        override = self.rule_for(scope)
-        return override is None or override.rules is None or rule in override.rules
+        return self._allows(rule, self.rule_for(scope))
+
+    def _allows(self, rule: str, override: AlertRuleSettings | None) -> bool:
+        return rule in self._enabled and (
+            override is None or override.rules is None or rule in override.rules
+        )
 
     def overrides(self) -> list[dict[str, object]]:
         """Every override, for the admin API: where it comes from and what it sets."""
@@ -220,7 +227,7 @@ class AlertService:
                 if hold is not None:
                     for room in hold.rooms:
                         if room.limit.period in CALENDAR:
-                            key = (room.scope.id, room.limit.metric, room.window.key)
+                            key = _counter(room)
                             if key not in self._pending:
                                 self._pending[key] = _Watch(room)
             if self._pending:
@@ -232,7 +239,7 @@ class AlertService:
         """A spend or count cap refused a request it would have taken empty: its 100 % moment (a request
         larger than the whole cap says nothing about how full it is)."""
         if self._counting and room.limit.period in CALENDAR and need <= room.limit.amount:
-            self._pending[(room.scope.id, room.limit.metric, room.window.key)] = _Watch(room, refused=True)
+            self._pending[_counter(room)] = _Watch(room, refused=True)
             self._wake.set()
 
     def ejected(self, dep_id: str, seconds: float, ejections: int) -> None:
@@ -271,7 +278,7 @@ class AlertService:
             try:
                 for finding in events:
                     await self.fire(finding)
-                await self._check_counters(batch)
+                await self._check_counters(self._remember(batch))
                 await self._check_fallbacks()
             except Exception:  # store or Redis away: counters are re-read by the periodic pass, and
                 self._events[:0] = events  # the health events kept (those already sent are remembered)
@@ -291,7 +298,7 @@ class AlertService:
         await self.reload_rules()
         now = self._clock()
         self._forget(now)
-        await self._check_counters(dict(self._active))
+        await self._check_counters(self._active)
         if rules.ANOMALY in self._enabled:
             await self._check_anomalies(now)
         if rules.RUNWAY in self._enabled and self._providers:
@@ -304,31 +311,39 @@ class AlertService:
         self._active = {k: w for k, w in self._active.items() if not 0 < w.room.window.end_us <= now}
         self._fired = {k: t for k, t in self._fired.items() if now - t < _REMEMBER_US}
 
-    async def _check_counters(self, batch: Mapping[CounterKey, _Watch]) -> None:
-        if not batch:
+    def _remember(self, batch: Mapping[CounterKey, _Watch]) -> dict[CounterKey, _Watch]:
+        """Keep the batch's counters for the periodic pass (a refusal stays noted for the window); the
+        batch as remembered."""
+        out: dict[CounterKey, _Watch] = {}
+        for key, seen in batch.items():
+            known = self._active.get(key)
+            if known is not None:
+                known.refused = known.refused or seen.refused
+            elif len(self._active) < _MAX_ACTIVE:
+                self._active[key] = seen
+            out[key] = known or seen
+        return out
+
+    async def _check_counters(self, watches: Mapping[CounterKey, _Watch]) -> None:
+        if not watches:
             return
-        for key, watch in batch.items():
-            if key in self._active or len(self._active) < _MAX_ACTIVE:
-                known = self._active.get(key)
-                self._active[key] = _Watch(watch.room, watch.refused or (known is not None and known.refused))
-        keys = list(batch)
+        keys = list(watches)
         spent = await self._counters.spent(keys)
         now = self._clock()
         for key, amount in zip(keys, spent, strict=True):
-            watch = self._active.get(key) or batch[key]
-            for finding in self._counter_findings(watch, amount, now):
+            for finding in self._counter_findings(watches[key], amount, now):
                 await self.fire(finding)
 
     def _counter_findings(self, watch: _Watch, spent: int, now: int) -> list[Finding]:
         scope, limit, window = watch.room.scope, watch.room.limit, watch.room.window
         found: list[Finding] = []
-        if self.applies(rules.THRESHOLD, scope.id):
-            override = self.rule_for(scope.id)
+        override = self.rule_for(scope.id)
+        if self._allows(rules.THRESHOLD, override):
             thresholds = (override.thresholds if override is not None else None) or self.settings.thresholds
             found += rules.threshold_findings(
                 scope.id, scope.label, limit, window.key, spent, thresholds, refused=watch.refused
             )
-        if self.applies(rules.PROJECTED, scope.id) and window.end_us:
+        if self._allows(rules.PROJECTED, override) and window.end_us:
             start = period_starts(now)[limit.period]
             share = Decimal(self.settings.projected_min_elapsed_pct) / 100
             projected = rules.projected_overspend(
@@ -424,14 +439,16 @@ class AlertService:
 
     async def fire(self, finding: Finding) -> AlertRow | None:
         """Claim, log and send a finding, unless it was already (here, or by another instance)."""
-        if finding.key in self._fired or not self.applies(finding.rule, finding.scope):
+        if finding.key in self._fired:
+            return None
+        override = self.rule_for(finding.scope)
+        if not self._allows(finding.rule, override):
             return None
         now = self._clock()
         self._fired[finding.key] = now
         try:
             if self._claim is not None and not await self._claim(finding.key):
                 return None  # another instance has it
-            override = self.rule_for(finding.scope)
             if override is not None and override.channels is not None:
                 channels = [self.channels[name] for name in override.channels if name in self.channels]
             else:
@@ -545,18 +562,13 @@ def _new_id() -> str:
 
 
 def _by_scope(rows: Sequence[Sequence[object]]) -> dict[str, int]:
-    """Spend (nano-dollars) per scope from ledger totals: keys, teams, features, providers, everything."""
+    """Spend (nano-dollars) per scope from ledger totals: keys, teams, features, providers, everything
+    (not end users: there can be millions)."""
     out: dict[str, int] = {}
-    for key_id, _user, team, feature, provider, usd, *_ in rows:
-        amount = int(str(usd or 0))
-        for scope in (
-            f"key:{key_id}" if key_id is not None else None,
-            f"team:{team}" if team is not None else None,
-            f"feature:{feature}" if feature is not None else None,
-            f"provider:{provider}" if provider else None,
-            "all",
-        ):
-            if scope is not None:
+    for row in rows:
+        amount = int(str(row[5] or 0))
+        for scope in ledger_scope_ids(row[:5]):
+            if not scope.startswith("user:"):
                 out[scope] = out.get(scope, 0) + amount
     return out
 

@@ -12,13 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from sluice.app import open_alerts, open_ledger, open_limiter, open_services
+from sluice.cli.keys import config_opt, data_opt
 from sluice.cli.spend import load_cli_config
 from sluice.errors import ConfigError, SluiceError
 from sluice.metrics import Metrics
 from sluice.store.alerts import SENT, AlertRow
-
-config_opt = click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
-data_opt = click.option("--data-dir", help="State directory (default ./.sluice).")
 
 
 @click.group()

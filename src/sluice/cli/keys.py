@@ -18,10 +18,9 @@ from pydantic import ValidationError
 
 from sluice.api.admin import key_json
 from sluice.app import Services, open_services
-from sluice.config_file import load_config, parse_config
+from sluice.cli.spend import load_cli_config
 from sluice.errors import ConfigError, SluiceError
 from sluice.keys.spec import KeyChange, KeyCreate
-from sluice.settings import ServerSettings
 from sluice.store.keys import KeyRow
 
 T = TypeVar("T")
@@ -41,12 +40,7 @@ def run_on_store(
 ) -> T:
     """Open the configured store, run ``work`` on it, and turn failures into a message and exit 1."""
     try:
-        loaded = load_config(config_path) if config_path else parse_config("{}")
-        config = loaded.config
-        if data_dir:
-            server = ServerSettings.model_validate({**config.server.model_dump(), "data_dir": data_dir})
-            config = config.model_copy(update={"server": server})
-        svc = open_services(config, os.environ)
+        svc = open_services(load_cli_config(config_path, data_dir), os.environ)
         return svc.run(lambda: work(svc))
     except (ConfigError, SluiceError) as err:
         click.echo(f"error: {err.message}", err=True)

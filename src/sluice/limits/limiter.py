@@ -86,6 +86,22 @@ def _scope(kind: str, name: str, settings: LimitSettings | None) -> Scope | None
     return Scope(f"{kind}:{name}", kind, limits, f"{kind} {name!r}") if limits else None
 
 
+def ledger_scope_ids(columns: Iterable[object]) -> Iterable[str]:
+    """The scopes a ledger totals row counts in, from its (key_id, user_id, team, feature, provider)."""
+    key_id, user, team, feature, provider = columns
+    if key_id is not None:
+        yield f"key:{key_id}"
+        if user is not None:
+            yield f"user:{key_id}:{user}"
+    if team is not None:
+        yield f"team:{team}"
+    if feature is not None:
+        yield f"feature:{feature}"
+    if provider:
+        yield f"provider:{provider}"
+    yield ALL
+
+
 class Limiter:
     """Scopes, reservations and settlement over a ``Counters`` backend."""
 
@@ -315,7 +331,7 @@ class Limiter:
         for period, since in period_starts(now_us).items():
             window = windows[period]
             for row in await ledger.totals(since, key_id):
-                for scope_id in self._scope_ids(row[:5]):
+                for scope_id in ledger_scope_ids(row[:5]):
                     kinds = wanted.get(scope_id)
                     if kinds is None and scope_id.startswith("user:"):
                         kinds = users.get(scope_id[: scope_id.index(":", 5) + 1])
@@ -326,17 +342,3 @@ class Limiter:
                             cell = loaded.setdefault((scope_id, metric, window.key), [0, window.end_us])
                             cell[0] += int(value or 0)
         return [(key, c[0], c[1]) for key, c in loaded.items()]
-
-    def _scope_ids(self, columns: Iterable[object]) -> Iterable[str]:
-        key_id, user, team, feature, provider = columns
-        if key_id is not None:
-            yield f"key:{key_id}"
-            if user is not None:
-                yield f"user:{key_id}:{user}"
-        if team is not None:
-            yield f"team:{team}"
-        if feature is not None:
-            yield f"feature:{feature}"
-        if provider:
-            yield f"provider:{provider}"
-        yield ALL
