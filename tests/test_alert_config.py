@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from sluice.alerts.channels import open_channels, wants
 from sluice.alerts.payload import SIGNATURE_HEADER, verify
 from sluice.alerts.rules import ANOMALY, RUNWAY, THRESHOLD, Finding, threshold_findings
+from sluice.providers.accounts import plan_of
 from sluice.app import create_app
 from sluice.cli.main import main
 from sluice.config_file import parse_config
@@ -141,7 +142,11 @@ def test_a_full_alert_config_loads() -> None:
     assert (mail.security, mail.to[1]) == ("tls", "finance@example.test")
     no_plan = GOOD.split("    plan:", maxsplit=1)[0]  # the provider alone: no plan, no alerts section
     paid = parse_config(no_plan, environ={}).config
-    assert (paid.providers[0].plan, paid.providers[0].credits_usd, paid.alerts.channels) == ("paid", None, [])
+    assert (plan_of(paid.providers[0]), paid.providers[0].credits_usd, paid.alerts.channels) == (
+        "paid",
+        None,
+        [],
+    )
 
 
 # --- 2. secrets resolved at start-up ---------------------------------------------------------------------

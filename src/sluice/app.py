@@ -27,6 +27,7 @@ from sluice.limits.counters import Counters, MemoryCounters
 from sluice.limits.limiter import Limiter
 from sluice.metrics import SHARED_ENV, Metrics
 from sluice.pricebook import load_sheets
+from sluice.providers.accounts import account_limits
 from sluice.providers.presets import PRESETS
 from sluice.routing.health import EJECTED
 from sluice.routing.table import Route, build_routes
@@ -169,7 +170,7 @@ def open_limiter(
     return Limiter(
         counters,
         config.budgets,
-        {p.name: p.limits for p in config.providers},
+        {p.name: account_limits(p) for p in config.providers},
         config.server.bytes_per_token,
         shared=config.server.workers == 1 or config.server.counters == "redis",
     )

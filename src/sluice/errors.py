@@ -130,6 +130,13 @@ class UpstreamRateLimited(ClientError):
     code = "rate_limit_exceeded"
 
 
+class QuotaExhausted(UpstreamRateLimited):
+    """Every deployment that could serve is held out by its provider's quota (a free tier's day used up,
+    credit spent) until a known time; nothing was sent."""
+
+    code = "provider_quota_exhausted"
+
+
 class BudgetExceeded(ClientError):
     """A spend, token or request cap of some scope has no room for this request; retrying will not help
     until the period resets (``x-should-retry: false``)."""

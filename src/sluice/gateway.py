@@ -32,6 +32,7 @@ from sluice.errors import (
     LimitReached,
     ModelNotFound,
     ModelUnpriced,
+    QuotaExhausted,
     SluiceError,
     UpstreamError,
 )
@@ -44,6 +45,7 @@ from sluice.pricing.cost import Charge
 from sluice.pricing.usage import TokenUsage, estimated, from_embeddings
 from sluice.providers.base import StreamTranslator, UpstreamCall
 from sluice.providers.errors import parse_error_body
+from sluice.providers.quota import EXHAUSTED, Throttle, classify
 from sluice.routing.health import (
     EJECTED,
     FINAL,
@@ -54,7 +56,7 @@ from sluice.routing.health import (
     backoff_s,
     verdict,
 )
-from sluice.routing.plan import Candidate, plan
+from sluice.routing.plan import QUOTA, Candidate, plan
 from sluice.routing.table import Deployment, Route
 from sluice.settings import RoutingSettings
 from sluice.upstream import Upstream, UpstreamResponse
@@ -267,9 +269,13 @@ class Gateway:
         self.settings = routing or RoutingSettings()
         self.metrics = metrics or Metrics()
         self.health = Health(self.settings)
+        self._accounts: dict[str, list[DeploymentState]] = {}  # provider → its deployments' states
         for route in routes.values():  # every deployment known from the start (another instance may
             for dep in route.deployments:  # report on one this process has not used yet)
-                self.health.state_of(dep)
+                st = self.health.state_of(dep)
+                account = self._accounts.setdefault(dep.target.provider, [])
+                if st not in account:
+                    account.append(st)
         # an alias with one priced deployment always has the same plan (its worst case is on the entry)
         self._solo = {
             alias: (Candidate(only, route, 0),)
@@ -280,6 +286,8 @@ class Gateway:
         self.rng = random.Random()  # load spreading and jitter, not secrets
         # told when this process ejects or re-admits a deployment (dep id, seconds ejected, ejections)
         self.on_health: Callable[[str, float, int], None] | None = None
+        # told when a provider says an account's (or a model's) quota is used up until its reset
+        self.on_quota: Callable[[str, str, Throttle], None] | None = None
 
     def route(self, model: str, mode: str) -> Route:
         """The route for a public model name, checked against the endpoint's mode."""
@@ -308,6 +316,8 @@ class Gateway:
         solo = self._solo.get(routes[0].alias) if len(routes) == 1 else None
         if solo is not None:  # the common case: nothing to order or leave out
             dep = solo[0].dep
+            if self.health.states[dep.id].out_until > now:
+                raise self._held_out(routes[0].alias, [dep], now)
             candidates: Sequence[Candidate] = solo
             entry.output_cap = output(dep)
             entry.reserved_nanos = dep.pricer.worst_nanos(prompt, entry.output_cap, entry.ts_us)
@@ -321,6 +331,8 @@ class Gateway:
             )
             for skip, reason in skipped:
                 self.metrics.count("skipped", routes[0].alias, skip.target.provider, reason)
+            if not candidates and any(reason == QUOTA for _, reason in skipped):
+                raise self._held_out(routes[0].alias, [d for d, r in skipped if r == QUOTA], now)
             if not candidates:
                 raise ModelUnpriced(
                     f"The model '{routes[0].alias}' has no known price; the operator must configure one (or "
@@ -334,6 +346,17 @@ class Gateway:
         entry.reserved_output_tokens = entry.output_cap
         total = self._upstream.total_s(dep.target.provider)
         return Walk(candidates, now, now + total, now + self.settings.stream_commit_s)
+
+    def _held_out(self, alias: str, deps: Sequence[Deployment], now: float) -> QuotaExhausted:
+        """The refusal when every deployment that could serve is held out by its provider's quota."""
+        states = [self.health.states[d.id] for d in deps]
+        soonest = min(states, key=lambda st: st.out_until)
+        seconds = max(1, int(soonest.out_until - now + 0.999))
+        return QuotaExhausted(
+            f"The model '{alias}' has no deployment in service: {soonest.provider} reported its quota used "
+            f"up ({soonest.out_reason}); nothing was sent. Retry after {seconds} s.",
+            headers={"retry-after": str(seconds)},
+        )
 
     async def _admit(self, routes: Sequence[Route], entry: Entry, cap: int | None, choices: int = 1) -> Walk:
         """Plan, refuse what cannot be priced, reserve the worst case on every budget (and the first
@@ -531,8 +554,8 @@ class Gateway:
                 return i
         for i in after:
             cand = walk.candidates[i].dep
-            wait = walk.wait(cand.id)
-            if wait is not None and wait <= cap and self.health.state_of(cand).admits(now):
+            wait = walk.wait(cand.id)  # a cooling deployment is back once this request has waited
+            if wait is not None and wait <= cap and self.health.state_of(cand).admits(now + wait):
                 return i
         return None
 
@@ -581,6 +604,9 @@ class Gateway:
         walk.retry_after = _retry_after_s(headers.get("retry-after"))
         raw = self._upstream.redact(dep.target.provider, body)
         err = dep.adapter.error(dep.target.provider, status, headers, raw)
+        throttle = classify(dep.target.preset, status, headers, raw, datetime.now(UTC))
+        if throttle is not None:
+            err = self._throttled(walk, dep, throttle, err)
         upstream_id = (
             parse_error_body(raw).request_id or headers.get("x-request-id") or headers.get("request-id")
         )
@@ -592,6 +618,35 @@ class Gateway:
             upstream_id,
         )
         return err
+
+    def _throttled(self, walk: Walk, dep: Deployment, throttle: Throttle, err: SluiceError) -> SluiceError:
+        """The provider throttled: hold the deployment (or every deployment of its account) out of
+        rotation — briefly for a "slow down", until the reset for a spent quota (then this request
+        does not come back to it, no other key of the account is tried, and the alerts are told)."""
+        provider = dep.target.provider
+        hard = throttle.kind == EXHAUSTED
+        if not hard and walk.spare_key:
+            return err  # the account's next key is tried first
+        states = self._accounts.get(provider, []) if throttle.account else [self.health.state_of(dep)]
+        Health.held_out(
+            states, throttle.seconds, throttle.reason, asyncio.get_running_loop().time(), hard=hard
+        )
+        if not hard:
+            walk.retry_after = max(walk.retry_after, throttle.seconds)
+            return err
+        walk.retry_after = float("inf")
+        walk.spare_key = False  # an account's keys share its quota
+        log.warning(
+            "provider %s: quota used up (%s); out for %.0f s", dep.id, throttle.reason, throttle.seconds
+        )
+        if self.on_quota is not None:
+            self.on_quota(provider, dep.id, throttle)
+        seconds = max(1, int(throttle.seconds + 0.999))
+        return QuotaExhausted(
+            f"Provider {provider!r} reports its quota used up ({throttle.reason}); it is out of rotation "
+            f"for {seconds} s.",
+            headers={"retry-after": str(seconds)},
+        )
 
     # --- the endpoints ----------------------------------------------------------------------------------
 

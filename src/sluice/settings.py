@@ -200,16 +200,25 @@ class ProviderSettings(_Strict):
         "2026-10-21",
         "anthropic-version header for the anthropic preset. On 2026-10-21 temperature/top_p are dropped.",
     )
-    plan: Literal["paid", "free", "trial"] = setting(
-        "paid", "The account's plan: `free` and `trial` accounts are watched by the credit-runway alert."
+    plan: Literal["paid", "free", "trial"] | None = setting(
+        None,
+        "The account's plan (default: the preset's, `paid` for most). A `free` account's requests cost $0 "
+        "(unless a deployment sets a price) and its published allowances are enforced; `free` and `trial` "
+        "accounts are watched by the credit-runway alert and `sluice credits`.",
     )
     credits_usd: Decimal | None = _cap(
-        "Credit granted on this account, in USD (the runway alert counts it down)."
+        "Credit granted on this account, in USD (the runway alert counts it down; a trial preset's "
+        "published credit by default)."
     )
     credits_since: date | None = setting(
         None, "When the credit was granted (spend is counted from this UTC day; default: all recorded spend)."
     )
-    daily_requests: int | None = setting(None, "The plan's daily request allowance (UTC days).", ge=1)
+    daily_requests: int | None = setting(
+        None,
+        "The plan's daily request allowance (UTC days), enforced: past it the account is passed over "
+        "for the next deployment (default: a free preset's published account-wide allowance).",
+        ge=1,
+    )
     expires: date | None = setting(None, "The day the free or trial plan ends (UTC).")
 
     @field_validator("preset")

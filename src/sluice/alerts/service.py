@@ -39,6 +39,7 @@ from sluice.limits.counters import CounterKey, Counters, Room
 from sluice.limits.limiter import ledger_scope_ids
 from sluice.limits.spec import CALENDAR, period_starts
 from sluice.metrics import Metrics
+from sluice.providers.accounts import account_of
 from sluice.routing.table import Route
 from sluice.settings import AlertRuleSettings, AlertSettings, ProviderSettings
 from sluice.store.alerts import FAILED, PENDING, SENT, AlertRow
@@ -98,7 +99,7 @@ class AlertService:
         self._counters = counters
         self._metrics = metrics
         self._clock = counters.clock
-        self._providers = [p for p in providers if p.credits_usd is not None or p.daily_requests or p.expires]
+        self._accounts = [a for a in map(account_of, providers) if a.watched or a.expires is not None]
         self._routes = routes or {}
         self._in_service = in_service
         self._claim = claim
@@ -301,7 +302,7 @@ class AlertService:
         await self._check_counters(self._active)
         if rules.ANOMALY in self._enabled:
             await self._check_anomalies(now)
-        if rules.RUNWAY in self._enabled and self._providers:
+        if rules.RUNWAY in self._enabled and self._accounts:
             await self._check_runway(now)
         await self._check_fallbacks()
         await self._resume(now)
@@ -392,25 +393,25 @@ class AlertService:
         day_start = period_starts(now)["day"]
         week = _by_provider(await self._ledger.totals(now - 7 * _DAY_US))
         today_rows = _by_provider(await self._ledger.totals(day_start))
-        for p in self._providers:
-            if not self.applies(rules.RUNWAY, f"provider:{p.name}"):
+        for a in self._accounts:
+            if not self.applies(rules.RUNWAY, f"provider:{a.provider}"):
                 continue
             remaining = None
             burn_days = 7
-            if p.credits_usd is not None:
-                since = p.credits_since or date(1970, 1, 1)
+            if a.credits_nanos is not None:
+                since = a.credits_since or date(1970, 1, 1)
                 since_us = int(datetime(since.year, since.month, since.day, tzinfo=UTC).timestamp()) * _US
                 burn_days = max(1, min(7, (today - since).days + 1))
-                spent = _by_provider(await self._ledger.totals(since_us)).get(p.name, (0, 0))[0]
-                remaining = int(p.credits_usd.scaleb(9)) - spent
-            burn = week.get(p.name, (0, 0))[0] // burn_days
+                spent = _by_provider(await self._ledger.totals(since_us)).get(a.provider, (0, 0))[0]
+                remaining = a.credits_nanos - spent
+            burn = week.get(a.provider, (0, 0))[0] // burn_days
             allowance = None
-            if p.daily_requests:
-                used = today_rows.get(p.name, (0, 0))[1]
-                allowance = rules.Allowance(p.daily_requests, used, self.settings.runway_requests_pct)
-            expiry = (p.expires - today).days if p.expires is not None else None
+            if a.daily_requests:
+                used = today_rows.get(a.provider, (0, 0))[1]
+                allowance = rules.Allowance(a.daily_requests, used, self.settings.runway_requests_pct)
+            expiry = (a.expires - today).days if a.expires is not None else None
             found = rules.credit_runway(
-                p.name,
+                a.provider,
                 remaining,
                 burn,
                 expiry,

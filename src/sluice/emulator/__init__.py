@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from sluice.emulator import anthropic_dialect, openai_dialect
+from sluice.emulator import anthropic_dialect, openai_dialect, quotas
 from sluice.emulator.faults import Faults, from_body, parse_spec
 from sluice.emulator.http import HTTPServer, Incoming, Plan
 from sluice.providers.presets import PRESETS
@@ -29,7 +29,12 @@ _BASE_PATHS = {
     "gemini": "/v1beta/openai",
     "groq": "/openai/v1",
     "deepseek": "",
+    "openrouter_free": "/api/v1",
+    "cloudflare": "/client/v4/accounts/emu/ai/v1",
+    "cohere": "/compatibility/v1",
+    "zai": "/api/paas/v4",
 }
+_DIALECT = {"openrouter_free": "openrouter"}  # a flavor that answers as another does
 
 
 def flavor_url(root: str, flavor: str) -> str:
@@ -52,6 +57,9 @@ class Emulator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.requests = 0
         self.by_model: dict[str, int] = {}  # requests per upstream model name
+        self.by_flavor: dict[str, int] = {}  # completions served per flavor (Groq's headers count them)
+        self.balance = "10.00"  # DeepSeek's balance, in USD
+        self.extra_models: list[str] = []  # listed by every flavor's /models besides its demo models
 
     def set_model_faults(self, model: str, spec: str | None) -> None:
         """Change (or, with None, clear) the faults of one upstream model while running: a provider that
@@ -137,8 +145,14 @@ class Emulator:
                 "openai", 404, Faults(), f"unknown emulator path {incoming.path}"
             )
         path = incoming.path
+        if incoming.method == "GET":
+            if flavor not in _NO_AUTH and not _has_auth(incoming.headers):
+                return _error(flavor, 401, Faults())
+            balance = quotas.balance_plan(flavor, path, self.by_flavor.get(flavor, 0), self.balance)
+            if balance is not None:
+                return balance
         if incoming.method == "GET" and path.endswith("/models"):
-            names = [m.upstream for m in PRESETS[flavor].demo_models]
+            names = [m.upstream for m in PRESETS[flavor].demo_models] + self.extra_models
             return openai_dialect.models(flavor, names)
         if incoming.method != "POST":
             return _error(flavor, 405, Faults(), "method not allowed")
@@ -168,6 +182,8 @@ class Emulator:
             return _error(flavor, 401, f)
         if f.busy_key and f.busy_key in presented:
             return _error(flavor, 429, replace(f, retry_after=f.retry_after or "30"))
+        if f.quota:
+            return quotas.quota_plan(flavor, f.quota, model if isinstance(model, str) else "")
         if f.status:
             echo = incoming.headers.get("x-api-key") or incoming.headers.get("authorization", "")
             plan = _error(
@@ -185,7 +201,13 @@ class Emulator:
                 if path.endswith("/messages"):
                     return anthropic_dialect.messages(incoming.headers, body, f)
             elif path.endswith("/chat/completions"):
-                return openai_dialect.chat(flavor, body, f)
+                bad = _bad_messages(body.get("messages"))
+                if bad is not None:
+                    return _error(flavor, 400, f, bad)
+                plan = openai_dialect.chat(_DIALECT.get(flavor, flavor), body, f)
+                served = self.by_flavor[flavor] = self.by_flavor.get(flavor, 0) + 1
+                plan.headers += quotas.rate_headers(flavor, served)
+                return plan
             elif path.endswith("/embeddings") and PRESETS[flavor].embeddings:
                 return openai_dialect.embeddings(flavor, body, f)
         except (TypeError, KeyError, AttributeError, ValueError, IndexError) as exc:
@@ -194,15 +216,30 @@ class Emulator:
         return _error(flavor, 404, f, f"unknown path {path}")
 
 
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def _bad_messages(messages: Any) -> str | None:
+    """Why a chat request's messages are invalid (a real provider answers 400), or None."""
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty array."
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in _ROLES:
+            return f"Invalid value for 'messages[{i}].role'."
+    return None
+
+
 def _has_auth(headers: dict[str, str]) -> bool:
     auth = headers.get("authorization", "")
     return (auth.lower().startswith("bearer ") and len(auth) > 7) or bool(headers.get("x-api-key"))
 
 
 def _error(flavor: str, status: int, f: Faults, message: str | None = None) -> Plan:
+    if f.raw_error:  # a provider (or a proxy in front of it) that does not speak OpenAI's error shape
+        return Plan(status=status, body=orjson.dumps({"detail": message or "error"}))
     if flavor == "anthropic":
         return anthropic_dialect.error_plan(status, f, message)
-    return openai_dialect.error_plan(flavor, status, f, message)
+    return openai_dialect.error_plan(_DIALECT.get(flavor, flavor), status, f, message)
 
 
 @contextlib.contextmanager

@@ -40,6 +40,9 @@ class Faults:
     reasoning: int = -1  # reasoning tokens (-1: the dialect's default)
     bad_key: str = ""  # answer 401 to a presented API key containing this text
     busy_key: str = ""  # answer 429 (retry-after 30) to a presented API key containing this text
+    quota: str = ""  # minute | day | credits: answer as the provider does when that allowance is spent
+    bad_json: bool = False  # JSON mode answers text that is not JSON
+    raw_error: bool = False  # error bodies outside OpenAI's envelope ({"detail": "..."})
 
 
 _FIELDS = {f.name: f.type for f in fields(Faults)}

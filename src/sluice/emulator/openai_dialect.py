@@ -19,6 +19,7 @@ import orjson
 from sluice.emulator.content import count_tokens, embedding, prompt_tokens, reply_words, schema_instance
 from sluice.emulator.faults import Faults
 from sluice.emulator.http import Plan
+from sluice.emulator.quotas import error_body
 
 _ERRORS: dict[int, tuple[str, str]] = {
     400: ("Invalid request.", "invalid_request_error"),
@@ -58,6 +59,8 @@ def error_plan(flavor: str, status: int, f: Faults, message: str | None = None) 
         body = {"error": {"code": status, "message": msg, "metadata": {"provider_name": "Emulated"}}}
     elif flavor == "gemini":
         body = [{"error": {"code": status, "message": msg, "status": _GEMINI_STATUS.get(status, "UNKNOWN")}}]
+    elif (own := error_body(flavor, status, msg, kind)) is not None:
+        body = own
     else:
         code = "invalid_request_error" if flavor == "deepseek" else kind
         body = {"error": {"message": msg, "type": kind, "param": None, "code": code}}
@@ -115,6 +118,8 @@ def _json_text(body: dict[str, Any], f: Faults) -> str | None:
     fmt = body.get("response_format")
     if not isinstance(fmt, dict):
         return None
+    if f.bad_json and fmt.get("type") in ("json_object", "json_schema"):  # a broken JSON mode: prose
+        return "Sure! Here is the JSON you asked for: {answer: " + "".join(reply_words(f.tokens))
     if fmt.get("type") == "json_schema":
         spec = fmt.get("json_schema") or {}
         return orjson.dumps(schema_instance(spec.get("schema") or {"type": "object"})).decode()

@@ -30,6 +30,12 @@ GENAI_PROVIDER = {
     "openrouter": "openrouter",
     "gemini": "google",
     "groq": "groq",
+    "openrouter_free": "openrouter",
+    "mistral": "mistral",
+    "cloudflare": "cloudflare",
+    "cohere": "cohere",
+    "zai": "zai",
+    "cerebras": "cerebras",
 }
 FREE_PRESETS = frozenset({"ollama", "vllm"})  # local servers: explicitly free
 CACHE_READ_SHARE = {"dashscope": Decimal("0.4")}  # Qwen bills cached input at 40 % of the input rate

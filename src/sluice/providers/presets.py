@@ -13,6 +13,8 @@ from typing import Literal
 
 Dialect = Literal["openai", "anthropic"]
 AuthStyle = Literal["bearer", "x-api-key"]
+Plan = Literal["paid", "free", "trial"]
+Balance = Literal["openrouter", "deepseek"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,26 @@ class DemoModel:
     upstream: str
     mode: Literal["chat", "embedding"] = "chat"
     price: tuple[str, str] | None = None  # USD per million (input, output) where genai-prices has none
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """A free or trial plan's published allowances (``None``: not published). ``account``: the limits are
+    shared by every model of the account (Sluice enforces them itself); else they apply per model and
+    are only shown, unless the account's config sets them. ``reset``: the IANA zone whose midnight
+    starts a new day. ``as_of``: when the numbers were read."""
+
+    as_of: str
+    requests_per_day: int | None = None
+    requests_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    tokens_per_minute: int | None = None
+    requests_per_month: int | None = None
+    credits_usd: str | None = None  # a trial's credit
+    credits_days: int | None = None  # ... and how many days it lasts
+    account: bool = True
+    reset: str = "UTC"
+    note: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +59,101 @@ class Preset:
     key_required: bool = True
     embeddings: bool = True
     demo_models: tuple[DemoModel, ...] = field(default_factory=tuple)
+    plan: Plan = "paid"  # an account's plan unless its config says otherwise
+    tier: Tier | None = None  # the free or trial plan's published allowances (for an account on it)
+    balance: Balance | None = None  # the provider's balance endpoint, polled for the runway
 
+
+# The free, no-card and trial tiers (facts and sources: docs/providers.md, "Free tiers").
+FREE_TIER_PRESETS = (
+    Preset(
+        "mistral",
+        "openai",
+        "https://api.mistral.ai/v1",
+        key_env="MISTRAL_API_KEY",
+        plan="free",
+        tier=Tier("2026-11-10", note="Experiment plan: per organization, values only in the console"),
+    ),
+    Preset(
+        "openrouter_free",
+        "openai",
+        "https://openrouter.ai/api/v1",
+        key_env="OPENROUTER_API_KEY",
+        embeddings=False,
+        plan="free",
+        tier=Tier("2026-11-24", 50, 20, note="every :free model together; 1,000/day after 10 credits bought"),
+        balance="openrouter",
+    ),
+    Preset(
+        "cloudflare",
+        "openai",
+        "https://api.cloudflare.com/client/v4/accounts/ACCOUNT_ID/ai/v1",
+        key_env="CLOUDFLARE_API_TOKEN",
+        plan="free",
+        tier=Tier("2026-07-29", None, 300, note="10,000 neurons a day; the base_url names the account"),
+    ),
+    Preset(
+        "nvidia_nim",
+        "openai",
+        "https://integrate.api.nvidia.com/v1",
+        key_env="NVIDIA_API_KEY",
+        plan="free",
+        tier=Tier("2026-08-20", None, 40, note="about 40 requests a minute, varies by model and load"),
+    ),
+    Preset(
+        "sambanova",
+        "openai",
+        "https://api.sambanova.ai/v1",
+        key_env="SAMBANOVA_API_KEY",
+        embeddings=False,
+        plan="free",
+        tier=Tier("2026-07-21", 20, 20, 200_000, account=False, note="per free model"),
+    ),
+    Preset(
+        "cohere",
+        "openai",
+        "https://api.cohere.ai/compatibility/v1",
+        key_env="COHERE_API_KEY",
+        plan="trial",
+        tier=Tier("2026-09-01", None, 20, requests_per_month=1_000, note="per trial key; not for production"),
+    ),
+    Preset(
+        "zai",
+        "openai",
+        "https://api.z.ai/api/paas/v4",
+        key_env="ZAI_API_KEY",
+        embeddings=False,
+        plan="free",
+        tier=Tier("2026-08-31", note="only the GLM Flash models are free; limits unpublished"),
+    ),
+    Preset(
+        "siliconflow",
+        "openai",
+        "https://api.siliconflow.com/v1",
+        key_env="SILICONFLOW_API_KEY",
+        plan="free",
+        tier=Tier("2026-08-22", account=False, note="fixed per free model, shown on the model page"),
+    ),
+    Preset(
+        "vercel",
+        "openai",
+        "https://ai-gateway.vercel.sh/v1",
+        key_env="AI_GATEWAY_API_KEY",
+        plan="trial",
+        tier=Tier(
+            "2026-09-08", credits_usd="5", credits_days=30, note="$5 every 30 days until the team pays"
+        ),
+    ),
+    Preset(
+        "cerebras",
+        "openai",
+        "https://api.cerebras.ai/v1",
+        key_env="CEREBRAS_API_KEY",
+        embeddings=False,
+        plan="trial",
+        tier=Tier("2026-08-22", None, 5, 1_000_000, 30_000, credits_usd="5", credits_days=30),
+    ),
+)
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -59,6 +175,7 @@ PRESETS: dict[str, Preset] = {
             key_env="DEEPSEEK_API_KEY",
             embeddings=False,
             demo_models=(DemoModel("deepseek-flash", "deepseek-flash"),),
+            balance="deepseek",
         ),
         Preset(
             "dashscope",
@@ -73,6 +190,7 @@ PRESETS: dict[str, Preset] = {
             "https://openrouter.ai/api/v1",
             key_env="OPENROUTER_API_KEY",
             demo_models=(DemoModel("openrouter/qwen/qwen-plus", "qwen/qwen-plus"),),
+            balance="openrouter",
         ),
         Preset(
             "anthropic",
@@ -89,6 +207,12 @@ PRESETS: dict[str, Preset] = {
             "https://generativelanguage.googleapis.com/v1beta/openai",
             key_env="GEMINI_API_KEY",
             demo_models=(DemoModel("gemini-2.5-flash", "gemini-2.5-flash"),),
+            tier=Tier(
+                "2026-10-17",
+                account=False,
+                reset="America/Los_Angeles",
+                note="per project and model; numbers only in AI Studio",
+            ),
         ),
         Preset(
             "groq",
@@ -97,6 +221,9 @@ PRESETS: dict[str, Preset] = {
             key_env="GROQ_API_KEY",
             embeddings=False,
             demo_models=(DemoModel("llama-3.3-70b-versatile", "llama-3.3-70b-versatile"),),
+            tier=Tier(
+                "2026-10-01", 1_000, 30, 200_000, 8_000, account=False, note="per model (gpt-oss rows)"
+            ),
         ),
         Preset(
             "ollama",
@@ -112,6 +239,7 @@ PRESETS: dict[str, Preset] = {
             key_required=False,
             demo_models=(DemoModel("vllm/qwen3-8b", "Qwen/Qwen3-8B"),),
         ),
+        *FREE_TIER_PRESETS,
         Preset("openai_compatible", "openai", "", key_required=False),
     )
 }

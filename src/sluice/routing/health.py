@@ -63,6 +63,9 @@ class DeploymentState:
     error_rate: float = 0.0  # moving average of failures (1) and successes (0)
     attempts: int = 0
     errors: int = 0
+    out_until: float = 0.0  # monotonic seconds: its provider's quota is used up until then
+    cool_until: float = 0.0  # its provider said to slow down: others first until then
+    out_reason: str = ""  # ... and why ("daily allowance (Groq TPD/RPD)", "rate limit", …)
 
     def status(self, now: float) -> str:
         """healthy, ejected (until ``ejected_until``), or probing (ejection over, being tested)."""
@@ -71,7 +74,10 @@ class DeploymentState:
         return EJECTED if now < self.ejected_until else PROBING
 
     def admits(self, now: float) -> bool:
-        """True if a request may try it now: healthy, or due for a probe that nobody is running."""
+        """True if a request may try it now: not held out by its provider's quota, and healthy or due
+        for a probe that nobody is running."""
+        if self.out_until > now or self.cool_until > now:
+            return False
         if self.ejected_until == 0.0:
             return True
         if now < self.ejected_until:
@@ -152,6 +158,19 @@ class Health:
         seconds: float = min(s.eject_base_s * float(2 ** min(st.ejections, 30)), s.eject_max_s)
         st.ejected_until = now + seconds
         return seconds
+
+    @staticmethod
+    def held_out(
+        states: Iterable[DeploymentState], seconds: float, reason: str, now: float, *, hard: bool
+    ) -> None:
+        """The provider said to stay away from these deployments for ``seconds``: its quota is used up
+        (``hard``: nothing is sent there until then), or slow down (others are tried first)."""
+        for st in states:
+            if hard and now + seconds > st.out_until:
+                st.out_until = now + seconds
+                st.out_reason = reason
+            elif not hard and now + seconds > st.cool_until:
+                st.cool_until = now + seconds
 
     def told(self, dep_id: str, seconds_left: float, ejections: int, now: float) -> None:
         """Another instance ejected (``seconds_left`` > 0) or re-admitted (0) a deployment we know."""

@@ -3,8 +3,9 @@
 The plan walks the request's aliases (its ``model``, then any ``models`` it listed), each ordered by its
 strategy, and keeps a deployment once. It leaves out a deployment with no price (it could not be
 charged), one whose worst case for this request costs more than the alias's ``max_price_ratio`` times
-the first choice's (unless it ``allow_pricier``), and an ejected one (unless nothing else is left: then
-the one whose ejection ends first). Admission reserves the dearest worst case among what is left.
+the first choice's (unless it ``allow_pricier``), one its provider's quota holds out, and an ejected or
+cooling one (unless nothing else is left: then the one back soonest). Admission reserves the dearest
+worst case among what is left.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sluice.routing.health import Health
+from sluice.routing.health import DeploymentState, Health
 from sluice.routing.table import Deployment, Route
 
-UNPRICED, PRICE = "unpriced", "price"
+UNPRICED, PRICE, QUOTA = "unpriced", "price", "quota"
 
 
 @dataclass(slots=True)
@@ -55,6 +56,11 @@ def ordered(
     return sorted(deps, key=lambda d: (not d.pricer.chargeable, worst(d) if d.pricer.chargeable else 0))
 
 
+def _back(st: DeploymentState) -> float:
+    """When an ejected or cooling deployment is back in service."""
+    return max(st.ejected_until, st.cool_until)
+
+
 def plan(
     routes: Sequence[Route],
     health: Health,
@@ -62,7 +68,8 @@ def plan(
     worst: Callable[[Deployment], int],
     now: float,
 ) -> tuple[list[Candidate], list[tuple[Deployment, str]]]:
-    """The candidates in order, and the deployments left out with why (``unpriced`` or ``price``)."""
+    """The candidates in order, and the deployments left out with why (``unpriced``, ``price``, or
+    ``quota`` when every priced one is held out by its provider's quota)."""
     known: dict[str, int] = {}
 
     def cost(dep: Deployment) -> int:  # asked once per deployment (lowest-cost orders by it, too)
@@ -89,5 +96,9 @@ def plan(
             priced.append(Candidate(dep, route, nanos))
     usable = [c for c in priced if health.state_of(c.dep).admits(now)]
     if not usable and priced:  # everything is ejected: the one back soonest, rather than nothing
-        usable = [min(priced, key=lambda c: health.states[c.dep.id].ejected_until)]
+        allowed = [c for c in priced if health.states[c.dep.id].out_until <= now]
+        if allowed:
+            usable = [min(allowed, key=lambda c: _back(health.states[c.dep.id]))]
+        else:  # every one held out by its provider's quota: calling would only be refused again
+            skipped += [(c.dep, QUOTA) for c in priced]
     return usable, skipped

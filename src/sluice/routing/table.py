@@ -10,6 +10,7 @@ from typing import Literal
 
 from sluice.pricing.cost import Pricer
 from sluice.pricing.sheet import PriceSheet, Rates
+from sluice.providers.accounts import plan_of
 from sluice.providers.base import Adapter, Target
 from sluice.providers.presets import PRESETS
 from sluice.providers.registry import ADAPTERS
@@ -57,12 +58,17 @@ def _rates(price: PriceSettings | None) -> Rates | None:
     return Rates(**price.model_dump())
 
 
-def pricer_for(dep: DeploymentSettings, preset: str, sheet: PriceSheet | None) -> Pricer:
-    """How one deployment is priced: configured rates, else the bundled sheet, else a ceiling."""
+def pricer_for(
+    dep: DeploymentSettings, preset: str, sheet: PriceSheet | None, *, free_plan: bool = False
+) -> Pricer:
+    """How one deployment is priced: configured rates, else $0 on a free plan's account, else the
+    bundled sheet, else a ceiling."""
     if isinstance(dep.price, PriceSettings):
         price = _rates(dep.price)
     else:  # `price: 0` is free, explicitly; no price at all leaves the bundled sheet (or nothing)
         price = Rates(Decimal(0), Decimal(0)) if dep.price == 0 else None
+    if price is None and free_plan:  # the account's plan says free: explicitly $0, not unpriced
+        return Pricer(preset, dep.model, rates=Rates(Decimal(0), Decimal(0)), config_source="plan:free")
     source = "config"
     if price is not None:  # which configured price: a short digest of it, stored with every row
         source = "config@" + hashlib.sha256(repr(price).encode()).hexdigest()[:8]
@@ -95,7 +101,8 @@ def build_routes(
                 cap_field="max_completion_tokens" if prov.preset == "openai" else "max_tokens",
                 anthropic_version=prov.anthropic_version,
             )
-            pricer = pricer_for(dep, prov.preset, sheets.get((prov.preset, dep.model)))
+            free = plan_of(prov) == "free"
+            pricer = pricer_for(dep, prov.preset, sheets.get((prov.preset, dep.model)), free_plan=free)
             dep_id = f"{prov.name}/{dep.model}"
             served_by = (
                 (b"x-sluice-provider", prov.name.encode()),
