@@ -16,6 +16,7 @@ from sluice.alerts.channels import open_channels
 from sluice.alerts.service import AlertService
 from sluice.api.asgi import SluiceAPI
 from sluice.config_file import resolve_secret
+from sluice.credits import poll_balances
 from sluice.errors import ConfigError
 from sluice.gateway import Gateway
 from sluice.keys.digest import load_server_secret
@@ -27,7 +28,8 @@ from sluice.limits.counters import Counters, MemoryCounters
 from sluice.limits.limiter import Limiter
 from sluice.metrics import SHARED_ENV, Metrics
 from sluice.pricebook import load_sheets
-from sluice.providers.accounts import account_limits
+from sluice.providers.accounts import account_limits, account_of
+from sluice.providers.balance import Balance
 from sluice.providers.presets import PRESETS
 from sluice.routing.health import EJECTED
 from sluice.routing.table import Route, build_routes
@@ -93,6 +95,11 @@ def open_services(config: Config, environ: Mapping[str, str]) -> Services:
     )
     provider_keys = ProviderKeys(store, load_keks(environ), {p.name for p in config.providers})
     return Services(store, keys, provider_keys)
+
+
+def open_upstream(config: Config, environ: Mapping[str, str]) -> Upstream:
+    """Connection pools for every configured provider (their keys resolved from the environment)."""
+    return Upstream({p.name: _endpoint(p, environ) for p in config.providers})
 
 
 def _endpoint(p: ProviderSettings, environ: Mapping[str, str]) -> ProviderEndpoint:
@@ -206,6 +213,7 @@ def open_alerts(
     limiter: Limiter,
     metrics: Metrics,
     gateway: Gateway | None = None,
+    upstream: Upstream | None = None,
 ) -> AlertService:
     """The alert rules and channels of the config (not started; the CLI uses one to send a test)."""
     counters = limiter.counters
@@ -224,6 +232,14 @@ def open_alerts(
             now = asyncio.get_running_loop().time()
             return [d.id for d in route.deployments if health.state_of(d).status(now) != EJECTED]
 
+    accounts = [a for a in map(account_of, config.providers) if PRESETS[a.preset].balance and a.watched]
+    poll = None
+    if upstream is not None and accounts:
+        polled = upstream
+
+        async def poll() -> dict[str, Balance]:
+            return await poll_balances(polled, accounts)
+
     return AlertService(
         config.alerts,
         open_channels(config.alerts.channels, environ),
@@ -235,6 +251,7 @@ def open_alerts(
         routes=gateway.routes if gateway is not None else None,
         in_service=in_service,
         claim=claim,
+        poll=poll,
     )
 
 
@@ -285,9 +302,10 @@ def create_app(
         task.add_done_callback(background.discard)
 
     accounting = Accounting(ledger, metrics, limiter)
-    alerts = open_alerts(config, environ, svc.store, ledger, limiter, metrics, gateway)
+    alerts = open_alerts(config, environ, svc.store, ledger, limiter, metrics, gateway, upstream)
     accounting.on_settled = alerts.settled
     limiter.on_refusal = alerts.refused
+    gateway.on_quota = alerts.quota_spent
 
     def health_changed(dep_id: str, seconds: float, ejections: int) -> None:
         alerts.ejected(dep_id, seconds, ejections)

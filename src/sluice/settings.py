@@ -496,6 +496,12 @@ class AlertSettings(_Strict):
         1.0, "Wait before the second attempt; doubled each time (jittered).", gt=0
     )
     backoff_max_s: float = setting(60.0, "Longest wait between attempts.", gt=0)
+    balance_poll_s: float = setting(
+        600.0,
+        "How often the providers' balance endpoints (OpenRouter's key, DeepSeek's balance) are asked, for "
+        "the credit-runway alert.",
+        ge=10,
+    )
     resume_after_s: float = setting(
         600.0,
         "A delivery left pending this long (its instance stopped mid-retry) is taken over and finished by "

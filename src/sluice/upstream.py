@@ -333,6 +333,22 @@ class Upstream:
                 body = await _read_all(resp, MAX_RESPONSE_BYTES, provider)
                 return Fetched(resp.status, resp.headers, body, key.id if key is not None else "")
 
+    async def get(self, provider: str, path: str, timeout_s: float = 10.0) -> Fetched:
+        """GET an account endpoint (a balance), with the account's key, under ``timeout_s``."""
+        endpoint = self._endpoints[provider]
+        key = self._auth(provider)
+        with _transport_errors(provider):
+            async with (
+                asyncio.timeout(timeout_s),
+                self._session(endpoint).get(
+                    self._url(endpoint, path),
+                    headers=key.headers if key is not None else None,
+                    allow_redirects=False,
+                ) as resp,
+            ):
+                body = await _read_all(resp, MAX_RESPONSE_BYTES, provider)
+                return Fetched(resp.status, resp.headers, body, key.id if key is not None else "")
+
     def _session(self, endpoint: ProviderEndpoint) -> aiohttp.ClientSession:
         session = self._sessions.get(endpoint.name)
         if session is None:

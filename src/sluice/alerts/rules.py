@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
 
 from sluice.limits.spec import Limit
@@ -234,6 +235,20 @@ def credit_runway(
         f"provider:{provider}",
         f"provider {provider!r}: " + "; ".join(reasons),
         facts,
+    )
+
+
+def quota_spent(provider: str, dep_id: str, reason: str, until_unix: int, account: bool) -> Finding:
+    """A provider said a quota is used up until its reset (once per provider and reset instant, however
+    many instances hear it)."""
+    until = datetime.fromtimestamp(until_unix, UTC)
+    what = f"provider {provider!r}" if account else f"deployment {dep_id}"
+    return Finding(
+        RUNWAY,
+        f"{RUNWAY}:quota:{dep_id if not account else provider}:{until.strftime('%Y%m%d%H')}",
+        f"provider:{provider}",
+        f"{what}: quota used up ({reason}); out of rotation until {until.strftime('%Y-%m-%d %H:%M')} UTC",
+        {"event": "quota_spent", "deployment": dep_id, "reason": reason, "until": until.isoformat()},
     )
 
 

@@ -32,6 +32,7 @@ import aiohttp
 from sluice.alerts import rules
 from sluice.alerts.channels import Channel, wants
 from sluice.alerts.rules import Finding
+from sluice.credits import runways
 from sluice.errors import DeliveryFailed, InvalidRequest, NotFound
 from sluice.ledger.entry import OK, Entry
 from sluice.ledger.sink import Ledger
@@ -39,7 +40,9 @@ from sluice.limits.counters import CounterKey, Counters, Room
 from sluice.limits.limiter import ledger_scope_ids
 from sluice.limits.spec import CALENDAR, period_starts
 from sluice.metrics import Metrics
-from sluice.providers.accounts import account_of
+from sluice.providers.accounts import Runway, account_of
+from sluice.providers.balance import Balance
+from sluice.providers.quota import Throttle
 from sluice.routing.table import Route
 from sluice.settings import AlertRuleSettings, AlertSettings, ProviderSettings
 from sluice.store.alerts import FAILED, PENDING, SENT, AlertRow
@@ -91,6 +94,7 @@ class AlertService:
         routes: Mapping[str, Route] | None = None,
         in_service: Callable[[Route], list[str]] | None = None,
         claim: Claim | None = None,
+        poll: Callable[[], Awaitable[dict[str, Balance]]] | None = None,
     ) -> None:
         self.settings = settings
         self.channels = dict(channels)
@@ -103,6 +107,9 @@ class AlertService:
         self._routes = routes or {}
         self._in_service = in_service
         self._claim = claim
+        self._poll = poll  # the providers' balance endpoints, asked every ``balance_poll_s``
+        self._polled_at = -(1 << 62)
+        self.balances: dict[str, Balance] = {}
         enabled = set(settings.rules)
         self._counting = bool(enabled & {rules.THRESHOLD, rules.PROJECTED})
         self._health = rules.HEALTH in enabled
@@ -259,6 +266,18 @@ class AlertService:
                     self._events.append(rules.last_deployment(alias, serving[0], bucket))
         self._wake.set()
 
+    async def runways(self) -> list[Runway]:
+        """Every free or trial account's runway now (balances as last polled)."""
+        return await runways(self._accounts, self._ledger, self._clock(), self.balances)
+
+    def quota_spent(self, provider: str, dep_id: str, throttle: Throttle) -> None:
+        """The gateway heard a provider say a quota is used up until its reset (the runway alert)."""
+        if rules.RUNWAY not in self._enabled:
+            return
+        until = self._clock() // _US + int(throttle.seconds)
+        self._events.append(rules.quota_spent(provider, dep_id, throttle.reason, until, throttle.account))
+        self._wake.set()
+
     def _count_served(self, entry: Entry) -> None:
         bucket = _bucket(entry.ts_us, self.settings.health_window_s)
         if bucket != self._served_bucket:
@@ -389,33 +408,25 @@ class AlertService:
                 await self.fire(found)
 
     async def _check_runway(self, now: int) -> None:
-        today = _day(now)
-        day_start = period_starts(now)["day"]
-        week = _by_provider(await self._ledger.totals(now - 7 * _DAY_US))
-        today_rows = _by_provider(await self._ledger.totals(day_start))
-        for a in self._accounts:
+        if self._poll is not None and now >= self._polled_at + int(self.settings.balance_poll_s * _US):
+            self._polled_at = now
+            self.balances = await self._poll()
+        day = f"d{_day(now).isoformat()}"
+        for r in await runways(self._accounts, self._ledger, now, self.balances):
+            a = r.account
             if not self.applies(rules.RUNWAY, f"provider:{a.provider}"):
                 continue
-            remaining = None
-            burn_days = 7
-            if a.credits_nanos is not None:
-                since = a.credits_since or date(1970, 1, 1)
-                since_us = int(datetime(since.year, since.month, since.day, tzinfo=UTC).timestamp()) * _US
-                burn_days = max(1, min(7, (today - since).days + 1))
-                spent = _by_provider(await self._ledger.totals(since_us)).get(a.provider, (0, 0))[0]
-                remaining = a.credits_nanos - spent
-            burn = week.get(a.provider, (0, 0))[0] // burn_days
             allowance = None
             if a.daily_requests:
-                used = today_rows.get(a.provider, (0, 0))[1]
-                allowance = rules.Allowance(a.daily_requests, used, self.settings.runway_requests_pct)
-            expiry = (a.expires - today).days if a.expires is not None else None
+                allowance = rules.Allowance(
+                    a.daily_requests, r.requests_today, self.settings.runway_requests_pct
+                )
             found = rules.credit_runway(
                 a.provider,
-                remaining,
-                burn,
-                expiry,
-                f"d{today.isoformat()}",
+                r.remaining,
+                r.burn_per_day,
+                r.days_to_expiry,
+                day,
                 warn_days=self.settings.runway_warn_days,
                 allowance=allowance,
             )
@@ -571,14 +582,4 @@ def _by_scope(rows: Sequence[Sequence[object]]) -> dict[str, int]:
         for scope in ledger_scope_ids(row[:5]):
             if not scope.startswith("user:"):
                 out[scope] = out.get(scope, 0) + amount
-    return out
-
-
-def _by_provider(rows: Sequence[Sequence[object]]) -> dict[str, tuple[int, int]]:
-    """(spend in nano-dollars, requests) per provider from ledger totals."""
-    out: dict[str, tuple[int, int]] = {}
-    for *_, provider, usd, _tokens, requests in rows:
-        if provider:
-            spent, count = out.get(str(provider), (0, 0))
-            out[str(provider)] = (spent + int(str(usd or 0)), count + int(str(requests or 0)))
     return out

@@ -12,6 +12,7 @@
     GET    /admin/provider-keys           list them (fingerprints only); DELETE /admin/provider-keys/{id}
     GET    /admin/alerts?limit=N          the alert log, newest first, with each channel's delivery
     POST   /admin/alerts/test             send a test alert to a channel ({"channel": NAME})
+    GET    /admin/credits                 each free or trial account's runway
     GET    /admin/alert-rules             alert overrides per scope (from the config and from this API)
     PUT    /admin/alert-rules/{scope}     set a scope's thresholds, rules or channels; DELETE removes it
     GET    /admin/openapi.json            this API, described
@@ -298,6 +299,13 @@ async def alert_test(api: SluiceAPI, req: Request) -> None:
             f"(logged as {row.id})."
         )
     await _send(api, req, 200, row.public())
+
+
+async def credit_runways(api: SluiceAPI, req: Request) -> None:
+    """``GET /admin/credits``: every free or trial account's runway (balances as last polled)."""
+    await api.admin(req)
+    found = await _alerts(api).runways()
+    await _send(api, req, 200, {"object": "list", "data": [r.as_json() for r in found]})
 
 
 async def alert_rules(api: SluiceAPI, req: Request) -> None:

@@ -578,6 +578,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/admin/provider-keys": {"GET": admin_api.provider_keys, "POST": admin_api.provider_keys},
     "/admin/alerts": {"GET": admin_api.alerts},
     "/admin/alerts/test": {"POST": admin_api.alert_test},
+    "/admin/credits": {"GET": admin_api.credit_runways},
     "/admin/alert-rules": {"GET": admin_api.alert_rules},
     "/admin/openapi.json": {"GET": admin_api.openapi},
 }

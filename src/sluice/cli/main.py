@@ -26,6 +26,7 @@ from sluice.app import (
     unshared_budgets,
 )
 from sluice.cli.alerts import alerts
+from sluice.cli.credits import credits_cmd
 from sluice.cli.keys import keys
 from sluice.cli.secrets import secrets
 from sluice.cli.spend import spend
@@ -265,6 +266,7 @@ def config_docs() -> None:
 
 
 main.add_command(spend)
+main.add_command(credits_cmd)
 main.add_command(alerts)
 main.add_command(keys)
 main.add_command(secrets)

@@ -105,3 +105,86 @@ def account_limits(p: ProviderSettings) -> LimitSettings | None:
     if not changes:
         return p.limits
     return limits.model_copy(update=changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Runway:
+    """How long a free or trial account lasts: credit left and days of it at the recent burn, today's
+    request allowance, and the plan's expiry. Amounts in nano-dollars; None where nothing says."""
+
+    account: Account
+    spent: int  # since the credit was granted (or ever)
+    remaining: int | None  # credit left: the provider's balance if it was polled, else credit minus spent
+    from_provider: bool  # ``remaining`` is the provider's own figure
+    burn_per_day: int  # mean of the last 7 days (or since the grant, if sooner)
+    days_left: int | None  # whole days of credit at that burn (None: no credit, or no burn)
+    requests_today: int
+    requests_left_today: int | None
+    days_to_expiry: int | None
+    next_reset: datetime
+
+    def as_json(self) -> dict[str, object]:
+        """For ``sluice credits --json`` and ``GET /admin/credits``: money as decimal USD strings."""
+        a = self.account
+        return {
+            "provider": a.provider,
+            "preset": a.preset,
+            "plan": a.plan,
+            "credits_usd": _usd(a.credits_nanos),
+            "spent_usd": _usd(self.spent),
+            "remaining_usd": _usd(self.remaining),
+            "remaining_from": "provider" if self.from_provider else "ledger",
+            "burn_per_day_usd": _usd(self.burn_per_day),
+            "days_left": self.days_left,
+            "daily_requests": a.daily_requests,
+            "requests_today": self.requests_today,
+            "requests_left_today": self.requests_left_today,
+            "next_reset": self.next_reset.isoformat().replace("+00:00", "Z"),
+            "expires": a.expires.isoformat() if a.expires else None,
+            "days_to_expiry": self.days_to_expiry,
+            "allowances": a.tier.note if a.tier is not None else "",
+        }
+
+
+def _usd(nanos: int | None) -> str | None:
+    return None if nanos is None else str(Decimal(nanos).scaleb(-9).normalize())
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What the ledger (and the provider) say an account has used."""
+
+    spent_since_grant: int
+    spent_last_week: int  # the last 7 days
+    requests_today: int
+    balance_nanos: int | None = None  # the provider's balance, when polled
+    requests_used_by_provider: int | None = None  # today's requests as the provider counts them
+
+
+def runway(account: Account, usage: Usage, now: datetime) -> Runway:
+    """The runway of one account at ``now`` (timezone-aware)."""
+    today = now.astimezone(UTC).date()
+    burn_days = 7
+    if account.credits_since is not None:
+        burn_days = max(1, min(7, (today - account.credits_since).days + 1))
+    burn = usage.spent_last_week // burn_days
+    remaining: int | None = None
+    if usage.balance_nanos is not None:
+        remaining = usage.balance_nanos
+    elif account.credits_nanos is not None:
+        remaining = account.credits_nanos - usage.spent_since_grant
+    days_left = max(remaining, 0) // burn if remaining is not None and burn > 0 else None
+    used = max(usage.requests_today, usage.requests_used_by_provider or 0)
+    left = max(account.daily_requests - used, 0) if account.daily_requests is not None else None
+    return Runway(
+        account=account,
+        spent=usage.spent_since_grant,
+        remaining=remaining,
+        from_provider=usage.balance_nanos is not None,
+        burn_per_day=burn,
+        days_left=days_left,
+        requests_today=used,
+        requests_left_today=left,
+        days_to_expiry=(account.expires - today).days if account.expires is not None else None,
+        next_reset=account.next_reset(now),
+    )
