@@ -542,6 +542,36 @@ class EmulatorSettings(_Strict):
     model_faults: dict[str, str] = setting({}, "Fault spec per upstream model name.")
 
 
+class CanarySettings(_Strict):
+    """A light smoke run (a completion and a stream per deployment) inside the server, on a schedule; a
+    failure or a drift from the previous canary raises the provider-health alert."""
+
+    every_s: float | None = setting(None, "Seconds between canaries (off unless set).", ge=60)
+    deployments: list[str] = setting(
+        [], "Which deployments: aliases, providers or `provider/model`, globs allowed (default: all)."
+    )
+    max_usd: Decimal = setting(Decimal("0.01"), "Spend cap of each canary run, in USD.", ge=0, max_digits=24)
+
+
+class SmokeSettings(_Strict):
+    """``sluice smoke`` and ``POST /admin/smoke``: what a deployment must do to pass."""
+
+    max_usd: Decimal = setting(
+        Decimal("0.05"),
+        "Spend cap of a whole run, in USD (reserved like any request's).",
+        ge=0,
+        max_digits=24,
+    )
+    max_latency_ms: float = setting(10_000.0, "A complete answer slower than this fails.", gt=0)
+    max_ttft_ms: float = setting(5_000.0, "A stream whose first token comes later than this fails.", gt=0)
+    timeout_s: float = setting(60.0, "Deadline of each call.", gt=0)
+    slower_factor: float = setting(
+        1.5, "`--compare` reports a latency more than this many times the previous run's.", gt=1
+    )
+    keep_runs: int = setting(200, "Runs kept in the store (older ones are deleted).", ge=1)
+    canary: CanarySettings = setting(CanarySettings(), "Scheduled light runs (see CanarySettings).")
+
+
 class Config(_Strict):
     """The whole configuration file."""
 
@@ -554,6 +584,7 @@ class Config(_Strict):
         False, "Allow provider keys written literally in the file (a warning is logged)."
     )
     alerts: AlertSettings = setting(AlertSettings(), "Alerts (see AlertSettings).")
+    smoke: SmokeSettings = setting(SmokeSettings(), "Smoke tests and canaries (see SmokeSettings).")
     emulator: EmulatorSettings = setting(EmulatorSettings(), "Emulator settings (see EmulatorSettings).")
 
 

@@ -29,6 +29,7 @@ from sluice.cli.alerts import alerts
 from sluice.cli.credits import credits_cmd
 from sluice.cli.keys import keys
 from sluice.cli.secrets import secrets
+from sluice.cli.smoke import smoke
 from sluice.cli.spend import spend
 from sluice.config_file import LoadedConfig, load_config, parse_config, render_docs
 from sluice.demo import DEMO_PRESETS, demo_config, real_presets
@@ -267,6 +268,7 @@ def config_docs() -> None:
 
 main.add_command(spend)
 main.add_command(credits_cmd)
+main.add_command(smoke)
 main.add_command(alerts)
 main.add_command(keys)
 main.add_command(secrets)

@@ -331,7 +331,9 @@ def _mid_error(flavor: str, base: dict[str, Any]) -> bytes:
 def embeddings(flavor: str, body: dict[str, Any], f: Faults) -> Plan:
     """Answer an embeddings request (float or base64)."""
     raw = body.get("input")
-    inputs = [raw] if isinstance(raw, str) else list(raw or [])
+    if not isinstance(raw, (str, list)):
+        return error_plan(flavor, 400, f, "'input' must be a string or an array.")
+    inputs = [raw] if isinstance(raw, str) else list(raw)
     if not inputs:
         return error_plan(flavor, 400, f, "input must not be empty")
     dims = body.get("dimensions") or 1536

@@ -223,6 +223,8 @@ def _generic(status: int, headers: Headers, err: Err, now: datetime) -> Throttle
 def _free(status: int, headers: Headers, err: Err, now: datetime) -> Throttle | None:
     """A free tier without a signal of its own (SambaNova, Mistral's 1300, Cerebras, NVIDIA's
     ``{status,title}``, SiliconFlow): as a paid provider, and any other 429 cools the model down."""
+    if status == 402:  # a free or trial account has no balance to fall back on: until a top-up
+        return exhausted(CREDIT_RECHECK_S, "credit used up, or a payment method needed")
     found = _generic(status, headers, err, now)
     if found is None and status == 429:
         return cooldown(_retry_after(headers), "rate limit")

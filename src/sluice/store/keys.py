@@ -262,3 +262,15 @@ class KeyStore(Protocol):
     async def delete_alert_rule(self, scope: str) -> bool:
         """Remove a scope's alert override; False if it had none."""
         ...
+
+    async def put_smoke_run(self, run_id: str, started_us: int, ok: bool, report: str) -> None:
+        """Keep a smoke run's report (JSON)."""
+        ...
+
+    async def trim_smoke_runs(self, keep: int) -> None:
+        """Delete all but the latest ``keep`` smoke runs."""
+        ...
+
+    async def smoke_runs(self, limit: int) -> list[str]:
+        """The latest smoke reports (JSON), newest first."""
+        ...

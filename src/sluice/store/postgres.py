@@ -133,6 +133,19 @@ MIGRATIONS: tuple[str, ...] = (
         updated_us BIGINT NOT NULL
     );
     """,
+    """
+    CREATE TABLE smoke_runs (
+        id TEXT PRIMARY KEY,
+        started_us BIGINT NOT NULL,
+        ok BOOLEAN NOT NULL,
+        report TEXT NOT NULL
+    );
+    CREATE INDEX smoke_runs_started ON smoke_runs (started_us);
+    """,
+)
+
+_TRIM_SMOKE = (
+    "DELETE FROM smoke_runs WHERE id NOT IN (SELECT id FROM smoke_runs ORDER BY started_us DESC LIMIT {})"
 )
 
 
@@ -340,6 +353,30 @@ class PostgresStore:
     async def delete_alert_rule(self, scope: str) -> bool:
         """Remove a scope's alert override; False if it had none."""
         return bool(await self.pool.execute("DELETE FROM alert_rules WHERE scope = $1", scope) == "DELETE 1")
+
+    async def put_smoke_run(self, run_id: str, started_us: int, ok: bool, report: str) -> None:
+        """Keep a smoke run's report (JSON)."""
+        await self.pool.execute(
+            "INSERT INTO smoke_runs (id, started_us, ok, report) VALUES ($1, $2, $3, $4)",
+            run_id,
+            started_us,
+            ok,
+            report,
+        )
+
+    async def trim_smoke_runs(self, keep: int) -> None:
+        """Delete all but the latest ``keep`` smoke runs."""
+        await self.pool.execute(
+            _TRIM_SMOKE.format("$1"),
+            keep,
+        )
+
+    async def smoke_runs(self, limit: int) -> list[str]:
+        """The latest smoke reports (JSON), newest first."""
+        records = await self.pool.fetch(
+            "SELECT report FROM smoke_runs ORDER BY started_us DESC, id DESC LIMIT $1", limit
+        )
+        return [str(r[0]) for r in records]
 
 
 _CLAIM_ALERT = (

@@ -138,6 +138,19 @@ MIGRATIONS: tuple[str, ...] = (
         updated_us INTEGER NOT NULL
     )
     """,
+    """
+    CREATE TABLE smoke_runs (
+        id TEXT PRIMARY KEY,
+        started_us INTEGER NOT NULL,
+        ok INTEGER NOT NULL,
+        report TEXT NOT NULL
+    );
+    CREATE INDEX smoke_runs_started ON smoke_runs (started_us)
+    """,
+)
+
+_TRIM_SMOKE = (
+    "DELETE FROM smoke_runs WHERE id NOT IN (SELECT id FROM smoke_runs ORDER BY started_us DESC LIMIT {})"
 )
 
 
@@ -325,6 +338,22 @@ class SQLiteStore:
         """Remove a scope's alert override; False if it had none."""
         sql = "DELETE FROM alert_rules WHERE scope = ?"
         return await self._run(lambda db: db.execute(sql, (scope,)).rowcount == 1)
+
+    async def put_smoke_run(self, run_id: str, started_us: int, ok: bool, report: str) -> None:
+        """Keep a smoke run's report (JSON)."""
+        sql = "INSERT INTO smoke_runs (id, started_us, ok, report) VALUES (?, ?, ?, ?)"
+        await self._run(lambda db: db.execute(sql, (run_id, started_us, int(ok), report)))
+
+    async def trim_smoke_runs(self, keep: int) -> None:
+        """Delete all but the latest ``keep`` smoke runs."""
+        sql = _TRIM_SMOKE.format("?")
+        await self._run(lambda db: db.execute(sql, (keep,)))
+
+    async def smoke_runs(self, limit: int) -> list[str]:
+        """The latest smoke reports (JSON), newest first."""
+        sql = "SELECT report FROM smoke_runs ORDER BY started_us DESC, id DESC LIMIT ?"
+        rows = await self._run(lambda db: db.execute(sql, (limit,)).fetchall())
+        return [str(r[0]) for r in rows]
 
     async def close(self) -> None:
         """Nothing to do: the connection lives as long as the process (``shut`` closes it)."""
