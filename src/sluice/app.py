@@ -34,6 +34,8 @@ from sluice.providers.presets import PRESETS
 from sluice.routing.health import EJECTED
 from sluice.routing.table import Route, build_routes
 from sluice.settings import Config, ProviderSettings
+from sluice.smoke.runner import SmokeRunner
+from sluice.smoke.service import SmokeService
 from sluice.store.broadcast import HEALTH_PREFIX, PROVIDER_KEYS_CHANGED, KeyBroadcast
 from sluice.store.counters_redis import RedisCounters
 from sluice.store.keys import KeyRow, KeyStore
@@ -255,6 +257,33 @@ def open_alerts(
     )
 
 
+def open_smoke(
+    config: Config,
+    store: KeyStore,
+    routes: Mapping[str, Route],
+    upstream: Upstream,
+    accounting: Accounting,
+    alerts: AlertService | None = None,
+) -> SmokeService:
+    """Smoke runs and canaries over the serving routing table (canaries claimed once when shared)."""
+    counters = accounting.limiter.counters
+    claim = None
+    if isinstance(counters, RedisCounters):
+        shared = counters
+
+        async def claim(key: str) -> bool:
+            return await shared.claim_once(key, 86_400)
+
+    return SmokeService(
+        SmokeRunner(routes, upstream, accounting, config.smoke),
+        store,
+        config,
+        clock=counters.clock,
+        claim=claim,
+        on_canary=alerts.canary if alerts is not None else None,
+    )
+
+
 def create_app(
     config: Config,
     environ: Mapping[str, str],
@@ -306,6 +335,7 @@ def create_app(
     accounting.on_settled = alerts.settled
     limiter.on_refusal = alerts.refused
     gateway.on_quota = alerts.quota_spent
+    smoke = open_smoke(config, svc.store, routes, upstream, accounting, alerts)
 
     def health_changed(dep_id: str, seconds: float, ejections: int) -> None:
         alerts.ejected(dep_id, seconds, ejections)
@@ -350,8 +380,10 @@ def create_app(
             await broadcast.start(heard)
         await metrics.start()
         await alerts.start()
+        await smoke.start()
 
     async def shutdown() -> None:
+        await smoke.close()
         await alerts.close()
         if broadcast is not None:
             await broadcast.close()
@@ -373,5 +405,6 @@ def create_app(
     )
     api.provider_keys = svc.provider_keys
     api.alerts = alerts
+    api.smoke = smoke
     api.provider_keys_changed = provider_keys_changed
     return api

@@ -220,6 +220,11 @@ class ProviderSettings(_Strict):
         ge=1,
     )
     expires: date | None = setting(None, "The day the free or trial plan ends (UTC).")
+    key_created: date | None = setting(
+        None,
+        "When the key in `api_key` was issued: `sluice doctor` flags keys older than "
+        "`readiness.max_key_age_days`.",
+    )
 
     @field_validator("preset")
     @classmethod
@@ -572,6 +577,13 @@ class SmokeSettings(_Strict):
     canary: CanarySettings = setting(CanarySettings(), "Scheduled light runs (see CanarySettings).")
 
 
+class ReadinessSettings(_Strict):
+    """What `sluice doctor` and `GET /admin/readiness` accept."""
+
+    max_key_age_days: int = setting(90, "Provider keys older than this must be rotated.", ge=1)
+    max_smoke_age_days: int = setting(7, "A green smoke run older than this is a warning.", ge=1)
+
+
 class Config(_Strict):
     """The whole configuration file."""
 
@@ -585,6 +597,9 @@ class Config(_Strict):
     )
     alerts: AlertSettings = setting(AlertSettings(), "Alerts (see AlertSettings).")
     smoke: SmokeSettings = setting(SmokeSettings(), "Smoke tests and canaries (see SmokeSettings).")
+    readiness: ReadinessSettings = setting(
+        ReadinessSettings(), "The readiness checklist (see ReadinessSettings)."
+    )
     emulator: EmulatorSettings = setting(EmulatorSettings(), "Emulator settings (see EmulatorSettings).")
 
 

@@ -252,6 +252,17 @@ def quota_spent(provider: str, dep_id: str, reason: str, until_unix: int, accoun
     )
 
 
+def canary_failed(dep_id: str, problems: Sequence[str], bucket: str) -> Finding:
+    """A scheduled smoke run found a deployment failing or regressed (once per deployment and bucket)."""
+    return Finding(
+        HEALTH,
+        f"{HEALTH}:canary:{dep_id}:{bucket}",
+        f"deployment:{dep_id}",
+        f"canary: deployment {dep_id}: " + "; ".join(problems),
+        {"event": "canary", "deployment": dep_id, "problems": " | ".join(problems)},
+    )
+
+
 def ejected(dep_id: str, aliases: Sequence[str], seconds: float, bucket: str) -> Finding:
     """A deployment was ejected (once per deployment per health bucket, however many instances eject it)."""
     return Finding(

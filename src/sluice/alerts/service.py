@@ -45,6 +45,7 @@ from sluice.providers.balance import Balance
 from sluice.providers.quota import Throttle
 from sluice.routing.table import Route
 from sluice.settings import AlertRuleSettings, AlertSettings, ProviderSettings
+from sluice.smoke.report import FAIL, Drift, RunReport
 from sluice.store.alerts import FAILED, PENDING, SENT, AlertRow
 from sluice.store.keys import KeyStore
 
@@ -269,6 +270,25 @@ class AlertService:
     async def runways(self) -> list[Runway]:
         """Every free or trial account's runway now (balances as last polled)."""
         return await runways(self._accounts, self._ledger, self._clock(), self.balances)
+
+    async def canary(self, run: RunReport, drift: Sequence[Drift]) -> None:
+        """A canary run ended: each deployment that failed a check, or regressed, raises the
+        provider-health alert."""
+        if not self._health:
+            return
+        bucket = _bucket(self._clock(), self.settings.health_window_s)
+        problems: dict[str, list[str]] = {}
+        for dep in run.deployments:
+            for check in dep.checks:
+                if check.status == FAIL:
+                    problems.setdefault(dep.id, []).append(f"{check.name} failed: {check.detail}")
+        for d in drift:
+            if d.kind in ("stopped_working", "slower", "shape_changed") and d.check:
+                problems.setdefault(d.deployment, []).append(
+                    f"{d.check} {d.kind.replace('_', ' ')}: {d.detail}"
+                )
+        for dep_id, found in problems.items():
+            await self.fire(rules.canary_failed(dep_id, list(dict.fromkeys(found)), bucket))
 
     def quota_spent(self, provider: str, dep_id: str, throttle: Throttle) -> None:
         """The gateway heard a provider say a quota is used up until its reset (the runway alert)."""

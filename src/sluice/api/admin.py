@@ -13,6 +13,9 @@
     GET    /admin/alerts?limit=N          the alert log, newest first, with each channel's delivery
     POST   /admin/alerts/test             send a test alert to a channel ({"channel": NAME})
     GET    /admin/credits                 each free or trial account's runway
+    POST   /admin/smoke                   run the smoke checks now ({"deployments", "max_usd", "light"})
+    GET    /admin/smoke?limit=N           the latest smoke runs, newest first
+    GET    /admin/readiness               the production-readiness checklist
     GET    /admin/alert-rules             alert overrides per scope (from the config and from this API)
     PUT    /admin/alert-rules/{scope}     set a scope's thresholds, rules or channels; DELETE removes it
     GET    /admin/openapi.json            this API, described
@@ -24,6 +27,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, unquote
 
@@ -36,12 +41,15 @@ from sluice.keys.provider_keys import ProviderKeys
 from sluice.keys.spec import KeyChange, KeyCreate
 from sluice.ledger.entry import usd_text
 from sluice.limits.spec import USD
+from sluice.readiness import FAIL, checklist, gather
 from sluice.settings import AlertRuleSettings
+from sluice.smoke import history
 from sluice.store.keys import KeyRow, ProviderKeyRow
 
 if TYPE_CHECKING:
     from sluice.alerts.service import AlertService
     from sluice.api.asgi import Request, SluiceAPI
+    from sluice.smoke.service import SmokeService
 
 JSON = [(b"content-type", b"application/json")]
 
@@ -337,3 +345,48 @@ async def alert_rule_item(api: SluiceAPI, req: Request) -> None:
         raise MethodNotAllowed(
             f"Method {method} is not allowed here; use PUT or DELETE.", headers={"allow": "DELETE, PUT"}
         )
+
+
+class _SmokeAsk(BaseModel):
+    """What to smoke-test."""
+
+    model_config = ConfigDict(extra="forbid")
+    deployments: list[str] = Field(default_factory=list, max_length=100)
+    max_usd: Decimal | None = Field(None, ge=0, max_digits=24)
+    light: bool = False
+
+
+def _smoke(api: SluiceAPI) -> SmokeService:
+    assert api.smoke is not None, "create_app sets it"
+    return api.smoke
+
+
+async def smoke(api: SluiceAPI, req: Request) -> None:
+    """``POST /admin/smoke``: run now (the answer comes when the run ends), keep it, report the drift."""
+    await api.admin(req)
+    raw = await api.read_body(req)
+    ask = _validated(_SmokeAsk, raw or b"{}", "smoke run")
+    cap = int(ask.max_usd.scaleb(9)) if ask.max_usd is not None else None
+    run, drift = await _smoke(api).run(ask.deployments, cap_nanos=cap, light=ask.light)
+    await _send(api, req, 200, {**run.as_json(), "drift": [d.as_json() for d in drift]})
+
+
+async def smoke_runs(api: SluiceAPI, req: Request) -> None:
+    """``GET /admin/smoke?limit=N``: the latest runs (20 by default, at most 200)."""
+    await api.admin(req)
+    query = parse_qs(req.scope.get("query_string", b"").decode("latin-1"))
+    raw = query.get("limit", ["20"])[0]
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 200:
+        raise InvalidRequest("'limit' must be an integer from 1 to 200.", param="limit")
+    runs = await history.recent(_smoke(api).store, int(raw))
+    await _send(api, req, 200, {"object": "list", "data": [r.as_json() for r in runs]})
+
+
+async def readiness(api: SluiceAPI, req: Request) -> None:
+    """``GET /admin/readiness``: the checklist of ``sluice doctor``, for this running gateway."""
+    await api.admin(req)
+    service = _smoke(api)
+    facts = await gather(service.store, api.accounting.ledger, datetime.fromtimestamp(time.time(), UTC))
+    items = checklist(service.config, api.gateway.routes, facts)
+    ready = all(i.status != FAIL for i in items)
+    await _send(api, req, 200, {"object": "readiness", "ready": ready, "items": [i.as_json() for i in items]})

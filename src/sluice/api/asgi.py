@@ -50,6 +50,7 @@ from sluice.limits.counters import limit_headers
 from sluice.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sluice.metrics import Metrics
 from sluice.routing.table import Route
+from sluice.smoke.service import SmokeService
 from sluice.wire.requests import parse_json_object, validate_chat, validate_embeddings
 
 Scope = MutableMapping[str, Any]
@@ -171,6 +172,7 @@ class SluiceAPI:
         self.provider_keys: ProviderKeys | None = None
         self.provider_keys_changed: Callable[[], Awaitable[None]] | None = None
         self.alerts: AlertService | None = None  # the alert log and test sends (admin API)
+        self.smoke: SmokeService | None = None  # smoke runs (admin API)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -579,6 +581,8 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/admin/alerts": {"GET": admin_api.alerts},
     "/admin/alerts/test": {"POST": admin_api.alert_test},
     "/admin/credits": {"GET": admin_api.credit_runways},
+    "/admin/smoke": {"GET": admin_api.smoke_runs, "POST": admin_api.smoke},
+    "/admin/readiness": {"GET": admin_api.readiness},
     "/admin/alert-rules": {"GET": admin_api.alert_rules},
     "/admin/openapi.json": {"GET": admin_api.openapi},
 }

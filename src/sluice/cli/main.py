@@ -27,6 +27,7 @@ from sluice.app import (
 )
 from sluice.cli.alerts import alerts
 from sluice.cli.credits import credits_cmd
+from sluice.cli.doctor import doctor
 from sluice.cli.keys import keys
 from sluice.cli.secrets import secrets
 from sluice.cli.smoke import smoke
@@ -269,6 +270,7 @@ def config_docs() -> None:
 main.add_command(spend)
 main.add_command(credits_cmd)
 main.add_command(smoke)
+main.add_command(doctor)
 main.add_command(alerts)
 main.add_command(keys)
 main.add_command(secrets)

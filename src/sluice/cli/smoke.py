@@ -20,6 +20,7 @@ from sluice.accounting import Accounting
 from sluice.app import open_ledger, open_limiter, open_services, open_upstream, priced_routes
 from sluice.cli.keys import config_opt, data_opt
 from sluice.cli.spend import load_cli_config
+from sluice.emulator import Emulator
 from sluice.errors import ConfigError, SluiceError
 from sluice.metrics import Metrics
 from sluice.settings import Config
@@ -34,6 +35,28 @@ REGRESSIONS = frozenset({"stopped_working", "slower", "shape_changed"})
 
 
 async def _run(
+    config_path: str | None,
+    data_dir: str | None,
+    patterns: tuple[str, ...],
+    cap: int | None,
+    light: bool,
+    store_it: bool,
+    console: Console | None,
+) -> tuple[Config, RunReport, RunReport | None]:
+    emulator = None
+    if not config_path:  # the embedded demo setup: its providers played by an emulator, as it serves
+        emulator = Emulator()
+        await emulator.start()
+    try:
+        config = load_cli_config(config_path, data_dir, emulator.url if emulator is not None else None)
+        run, before = await _smoke(config, patterns, cap, light, store_it, console)
+        return config, run, before
+    finally:
+        if emulator is not None:
+            await emulator.stop()
+
+
+async def _smoke(
     config: Config,
     patterns: tuple[str, ...],
     cap: int | None,
@@ -151,11 +174,12 @@ def smoke(
     allowed). Exit status 1 if a check failed (with --compare: or a check regressed)."""
     console = Console(stderr=True) if not as_json and sys.stderr.isatty() else None
     try:
-        config = load_cli_config(config_path, data_dir)
         if max_usd is not None and max_usd < 0:
             raise ConfigError("--max-usd must not be negative")
         cap = int(max_usd.scaleb(9)) if max_usd is not None else None
-        run, before = asyncio.run(_run(config, patterns, cap, light, not no_store, console))
+        config, run, before = asyncio.run(
+            _run(config_path, data_dir, patterns, cap, light, not no_store, console)
+        )
     except (ConfigError, SluiceError) as err:
         click.echo(f"error: {err.message}", err=True)
         sys.exit(2)

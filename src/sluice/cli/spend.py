@@ -12,16 +12,23 @@ from rich.table import Table
 
 from sluice.app import open_ledger
 from sluice.config_file import load_config, parse_config
+from sluice.demo import demo_config
+from sluice.emulator import flavor_url
 from sluice.errors import ConfigError, SluiceError
 from sluice.ledger.report import Report
 from sluice.ledger.spend import spend_report
 from sluice.settings import Config, ServerSettings
 
 
-def load_cli_config(config_path: str | None, data_dir: str | None) -> Config:
-    """The config file (or the defaults), with the data directory the command line names."""
-    loaded = load_config(config_path) if config_path else parse_config("{}")
-    config = loaded.config
+def load_cli_config(config_path: str | None, data_dir: str | None, emulator_url: str | None = None) -> Config:
+    """The config file (or the defaults; with ``emulator_url``, the embedded demo setup, its providers
+    played by the emulator there), with the data directory the command line names."""
+    if config_path:
+        config = load_config(config_path).config
+    elif emulator_url is not None:
+        config = demo_config(lambda flavor: flavor_url(emulator_url, flavor))
+    else:
+        config = parse_config("{}").config
     if data_dir:
         server = ServerSettings.model_validate({**config.server.model_dump(), "data_dir": data_dir})
         config = config.model_copy(update={"server": server})
