@@ -14,12 +14,11 @@ from rich.table import Table
 
 from sluice.app import open_ledger, open_services, priced_routes
 from sluice.cli.keys import config_opt, data_opt
-from sluice.cli.spend import load_cli_config
+from sluice.cli.spend import DEMO_EMULATOR, load_cli_config
 from sluice.errors import ConfigError, SluiceError
 from sluice.readiness import FAIL, Item, checklist, gather
 from sluice.settings import Config
 
-DEMO_EMULATOR = "http://127.0.0.1:4010"  # without --config: the demo setup (its providers are not called)
 _STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
 

@@ -26,6 +26,7 @@ from sluice.app import (
     unshared_budgets,
 )
 from sluice.cli.alerts import alerts
+from sluice.cli.burn import burn_cmd
 from sluice.cli.credits import credits_cmd
 from sluice.cli.doctor import doctor
 from sluice.cli.keys import keys
@@ -271,6 +272,7 @@ main.add_command(spend)
 main.add_command(credits_cmd)
 main.add_command(smoke)
 main.add_command(doctor)
+main.add_command(burn_cmd)
 main.add_command(alerts)
 main.add_command(keys)
 main.add_command(secrets)

@@ -19,6 +19,9 @@ from sluice.ledger.report import Report
 from sluice.ledger.spend import spend_report
 from sluice.settings import Config, ServerSettings
 
+# Without --config, commands that read the routing table see the demo setup (its providers not called).
+DEMO_EMULATOR = "http://127.0.0.1:4010"
+
 
 def load_cli_config(config_path: str | None, data_dir: str | None, emulator_url: str | None = None) -> Config:
     """The config file (or the defaults; with ``emulator_url``, the embedded demo setup, its providers

@@ -1,0 +1,136 @@
+"""What-if costing: the real token mix of the top workflows, priced under every configured deployment.
+
+Each request of a workflow (a feature) is priced again, as it was — its own token classes, at its own
+time (DeepSeek's peak hours) — by each deployment's pricer: the sum is what the workflow would have
+cost there. Pricing each request rather than the summed tokens keeps long-context tiers right (a
+thousand 10k-token prompts are not one 10M-token prompt). Per request, per 1,000 requests, and per
+month at the volume the window saw. Pure: rows in, numbers out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sluice.ledger.entry import TOKEN_COLUMNS
+from sluice.pricing.usage import TokenUsage
+from sluice.routing.table import Deployment, Route
+
+UNTAGGED = "(untagged)"
+SMOKE_FEATURE = "sluice-smoke"  # the smoke runs' own requests are not a workflow
+COLUMNS = ("feature", "endpoint", "ts_us", "cost_nanos", *TOKEN_COLUMNS)
+_MONTH_DAYS = 30
+_US_PER_DAY = 86_400 * 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One ledger row's token mix."""
+
+    ts_us: int
+    usage: TokenUsage
+
+
+@dataclass(slots=True)
+class Workflow:
+    """One feature's requests in the window."""
+
+    feature: str
+    mode: str  # chat or embedding
+    requests: list[Request] = field(default_factory=list)
+    actual_nanos: int = 0  # what they cost where they were served
+
+    @property
+    def tokens(self) -> tuple[int, int]:
+        """(input, output) tokens over the window."""
+        return sum(r.usage.input_tokens for r in self.requests), sum(
+            r.usage.output_tokens for r in self.requests
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Priced:
+    """A workflow's requests priced on one deployment (``None``: it has no price)."""
+
+    deployment: str
+    alias: str
+    total_nanos: int | None
+    requests: int
+    window_days: float
+
+    def per_request(self) -> int | None:
+        return None if self.total_nanos is None else -(-self.total_nanos // self.requests)
+
+    def per_thousand(self) -> int | None:
+        return None if self.total_nanos is None else -(-self.total_nanos * 1000 // self.requests)
+
+    def per_month(self) -> int | None:
+        """At the window's daily volume, for 30 days."""
+        if self.total_nanos is None:
+            return None
+        return int(self.total_nanos * _MONTH_DAYS / self.window_days)
+
+
+def usage_of(row: Sequence[Any]) -> TokenUsage:
+    """The usage in a row read with ``COLUMNS``."""
+    t = [int(v or 0) for v in row[4:]]
+    return TokenUsage(
+        input_tokens=t[0],
+        cache_read_tokens=t[1],
+        cache_write_tokens=t[2],
+        cache_write_1h_tokens=t[3],
+        output_tokens=t[4],
+        output_reasoning_tokens=t[5],
+        input_audio_tokens=t[6],
+        output_audio_tokens=t[7],
+        input_image_tokens=t[8],
+        web_searches=t[9],
+    )
+
+
+def workflows(rows: Iterable[Sequence[Any]], top: int) -> list[Workflow]:
+    """The ``top`` workflows by what they cost (requests with tokens only; smoke runs left out)."""
+    found: dict[tuple[str, str], Workflow] = {}
+    for row in rows:
+        feature = row[0] or UNTAGGED
+        if feature == SMOKE_FEATURE:
+            continue
+        usage = usage_of(row)
+        if not (usage.input_tokens or usage.output_tokens):
+            continue
+        mode = "embedding" if row[1] == "embeddings" else "chat"
+        flow = found.setdefault((feature, mode), Workflow(feature, mode))
+        flow.requests.append(Request(int(row[2]), usage))
+        flow.actual_nanos += int(row[3] or 0)
+    ranked = sorted(found.values(), key=lambda w: (-w.actual_nanos, -len(w.requests), w.feature))
+    return ranked[:top]
+
+
+def deployments(routes: Mapping[str, Route], mode: str) -> list[tuple[Route, Deployment]]:
+    """Each configured deployment of a mode once, with the first alias serving it."""
+    seen: set[str] = set()
+    out = []
+    for route in routes.values():
+        if route.mode != mode:
+            continue
+        for dep in route.deployments:
+            if dep.id not in seen:
+                seen.add(dep.id)
+                out.append((route, dep))
+    return out
+
+
+def price(flow: Workflow, routes: Mapping[str, Route], window_days: float) -> list[Priced]:
+    """The workflow priced on every deployment of its mode, cheapest first (unpriced last)."""
+    out = []
+    for route, dep in deployments(routes, flow.mode):
+        total: int | None = None
+        if dep.pricer.chargeable:
+            total = sum(dep.pricer.charge(r.usage, r.ts_us).nanos for r in flow.requests)
+        out.append(Priced(dep.id, route.alias, total, len(flow.requests), window_days))
+    return sorted(out, key=lambda p: (p.total_nanos is None, p.total_nanos or 0, p.deployment))
+
+
+def window_days(since_us: int, until_us: int) -> float:
+    return max((until_us - since_us) / _US_PER_DAY, 1 / 24)
