@@ -197,6 +197,114 @@ _ALERT_TEST = {
 }
 
 
+_USD = {"type": ["string", "null"], "description": "USD, a decimal string (exact)"}
+_RUNWAY = {
+    "type": "object",
+    "description": "A free or trial account's runway: credit, burn, today's allowance, expiry.",
+    "required": ["provider", "plan", "remaining_usd", "burn_per_day_usd", "days_left", "next_reset"],
+    "properties": {
+        "provider": {"type": "string"},
+        "preset": {"type": "string"},
+        "plan": {"enum": ["free", "trial", "paid"]},
+        "credits_usd": _USD,
+        "spent_usd": _USD,
+        "remaining_usd": _USD,
+        "remaining_from": {"enum": ["provider", "ledger"]},
+        "burn_per_day_usd": _USD,
+        "days_left": {"type": ["integer", "null"]},
+        "daily_requests": {"type": ["integer", "null"]},
+        "requests_today": {"type": "integer"},
+        "requests_left_today": {"type": ["integer", "null"]},
+        "next_reset": {"type": "string", "format": "date-time"},
+        "expires": {"type": ["string", "null"], "format": "date"},
+        "days_to_expiry": {"type": ["integer", "null"]},
+        "allowances": {"type": "string"},
+    },
+}
+_CHECK = {
+    "type": "object",
+    "required": ["name", "status", "detail", "data"],
+    "properties": {
+        "name": {"type": "string"},
+        "status": {"enum": ["pass", "warn", "fail", "skip"]},
+        "detail": {"type": "string"},
+        "data": {"type": "object", "description": "Measurements: latency_ms, ttft_ms, status_code, shape, …"},
+    },
+}
+_SMOKE_RUN = {
+    "type": "object",
+    "description": "A smoke run: every check on every selected deployment, and what it burned.",
+    "required": ["id", "ok", "cap_usd", "cost_usd", "deployments"],
+    "properties": {
+        "object": {"const": "smoke.run"},
+        "id": {"type": "string"},
+        "started_us": {"type": "integer"},
+        "finished_us": {"type": "integer"},
+        "ok": {"type": "boolean"},
+        "light": {"type": "boolean"},
+        "cap_usd": _USD,
+        "cost_usd": _USD,
+        "input_tokens": {"type": "integer"},
+        "output_tokens": {"type": "integer"},
+        "deployments": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "alias": {"type": "string"},
+                    "status": {"enum": ["pass", "warn", "fail"]},
+                    "cost_usd": _USD,
+                    "checks": {"type": "array", "items": {"$ref": "#/components/schemas/SmokeCheck"}},
+                },
+            },
+        },
+        "drift": {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "Changes since the previous run",
+        },
+    },
+}
+_SMOKE_ASK = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "deployments": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Aliases, providers, globs",
+        },
+        "max_usd": {
+            "type": ["string", "number"],
+            "description": "The run's spend cap (default smoke.max_usd)",
+        },
+        "light": {"type": "boolean", "description": "Only a completion and a stream (as a canary)"},
+    },
+}
+_READINESS = {
+    "type": "object",
+    "required": ["ready", "items"],
+    "properties": {
+        "object": {"const": "readiness"},
+        "ready": {"type": "boolean", "description": "No item fails"},
+        "items": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "status", "found", "fix"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "status": {"enum": ["pass", "warn", "fail"]},
+                    "found": {"type": "string"},
+                    "fix": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
 def _op(summary: str, ok: dict[str, Any], status: str = "200", body: str | None = None) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
@@ -240,6 +348,11 @@ def admin_openapi() -> dict[str, Any]:
                 "Alert": _ALERT,
                 "AlertTest": _ALERT_TEST,
                 "AlertRule": _ALERT_RULE,
+                "Runway": _RUNWAY,
+                "SmokeCheck": _CHECK,
+                "SmokeRun": _SMOKE_RUN,
+                "SmokeAsk": _SMOKE_ASK,
+                "Readiness": _READINESS,
                 "ProviderKey": _PROVIDER_KEY,
                 "NewProviderKey": _NEW_PROVIDER_KEY,
                 "Error": _ERROR,
@@ -321,6 +434,23 @@ def admin_openapi() -> dict[str, Any]:
                 "put": _op("Set a scope's alert override", _json("AlertRule"), body="AlertRuleSettings"),
                 "delete": _op("Remove a scope's override set through this API", _json("AlertRule")),
             },
+            "/admin/credits": {"get": _op("Each free or trial account's credit runway", _list_of("Runway"))},
+            "/admin/smoke": {
+                "get": {
+                    **_op("The latest smoke runs, newest first", _list_of("SmokeRun")),
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                        }
+                    ],
+                },
+                "post": _op(
+                    "Run the smoke checks now (answers when the run ends)", _json("SmokeRun"), body="SmokeAsk"
+                ),
+            },
+            "/admin/readiness": {"get": _op("The production-readiness checklist", _json("Readiness"))},
             "/admin/alerts/test": {
                 "post": {
                     **_op("Send a test alert to one channel now", _json("Alert"), body="AlertTest"),
