@@ -178,7 +178,7 @@ def _key_caps(config: Config, facts: Facts) -> Item:
             "key_caps",
             FAIL,
             f"no spend cap on key(s) {_names(uncapped)}",
-            "`sluice keys update KEY --usd-month N` (or a cap on the key's team in budgets.teams).",
+            "`sluice keys update KEY --limit usd.month=N` (or a cap on the key's team in budgets.teams).",
         )
     if not facts.keys:
         return Item("key_caps", PASS, "no virtual keys issued yet: give each one a cap when you create it")
