@@ -21,13 +21,13 @@ from click.testing import CliRunner
 from sluice.alerts.channels import open_channels, wants
 from sluice.alerts.payload import SIGNATURE_HEADER, verify
 from sluice.alerts.rules import ANOMALY, RUNWAY, THRESHOLD, Finding, threshold_findings
-from sluice.providers.accounts import plan_of
 from sluice.app import create_app
 from sluice.cli.main import main
 from sluice.config_file import parse_config
 from sluice.emulator import Emulator
 from sluice.errors import ConfigError
 from sluice.limits.spec import Limit
+from sluice.providers.accounts import plan_of
 from sluice.settings import ChannelSettings
 from tests.alert_receivers import Post, WebhookReceiver
 from tests.conftest import ADMIN_KEY, ServerThread, admin_call, config_yaml, provider_env

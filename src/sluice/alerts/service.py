@@ -45,7 +45,7 @@ from sluice.providers.balance import Balance
 from sluice.providers.quota import Throttle
 from sluice.routing.table import Route
 from sluice.settings import AlertRuleSettings, AlertSettings, ProviderSettings
-from sluice.smoke.report import FAIL, Drift, RunReport
+from sluice.smoke.report import FAIL, FEATURE, RUN_SCOPE, Drift, RunReport
 from sluice.store.alerts import FAILED, PENDING, SENT, AlertRow
 from sluice.store.keys import KeyStore
 
@@ -235,19 +235,24 @@ class AlertService:
             for hold in (entry.hold, entry.provider_hold):
                 if hold is not None:
                     for room in hold.rooms:
-                        if room.limit.period in CALENDAR:
+                        if room.limit.period in CALENDAR and room.scope.kind != RUN_SCOPE:
                             key = _counter(room)
                             if key not in self._pending:
                                 self._pending[key] = _Watch(room)
             if self._pending:
                 self._wake.set()
-        if self._health and entry.status == OK and entry.alias in self._primary:
-            self._count_served(entry)
+        if self._health and entry.status == OK and entry.alias in self._primary and entry.feature != FEATURE:
+            self._count_served(entry)  # a smoke run calls every deployment: not a fallback's share
 
     def refused(self, room: Room, need: int) -> None:
         """A spend or count cap refused a request it would have taken empty: its 100 % moment (a request
         larger than the whole cap says nothing about how full it is)."""
-        if self._counting and room.limit.period in CALENDAR and need <= room.limit.amount:
+        if (
+            self._counting
+            and room.limit.period in CALENDAR
+            and need <= room.limit.amount
+            and room.scope.kind != RUN_SCOPE
+        ):
             self._pending[_counter(room)] = _Watch(room, refused=True)
             self._wake.set()
 

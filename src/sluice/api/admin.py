@@ -353,7 +353,7 @@ class _SmokeAsk(BaseModel):
     model_config = ConfigDict(extra="forbid")
     deployments: list[str] = Field(default_factory=list, max_length=100)
     max_usd: Decimal | None = Field(None, ge=0, max_digits=24)
-    light: bool = False
+    light: bool = Field(False, strict=True)
 
 
 def _smoke(api: SluiceAPI) -> SmokeService:

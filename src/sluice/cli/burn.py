@@ -86,7 +86,7 @@ def burn_cmd(
         sys.exit(2)
     flows = burn.workflows(rows, top)
     first = min((int(r[2]) for r in rows), default=to_us(end))
-    days = burn.window_days(first, to_us(end))  # the volume seen since the first request of the window
+    span = burn.window_us(first, to_us(end))  # the volume seen since the first request of the window
     out: list[dict[str, Any]] = []
     for flow in flows:
         tokens_in, tokens_out = flow.tokens
@@ -101,7 +101,7 @@ def burn_cmd(
                 "total_usd": _money(p.total_nanos),
                 **_smoke_facts(last, p.deployment),
             }
-            for p in burn.price(flow, routes, days)
+            for p in burn.price(flow, routes, span)
         ]
         out.append(
             {
@@ -111,7 +111,7 @@ def burn_cmd(
                 "input_tokens_per_request": round(tokens_in / n, 1),
                 "output_tokens_per_request": round(tokens_out / n, 1),
                 "actual_usd": usd(flow.actual_nanos),
-                "window_days": round(days, 3),
+                "window_days": round(span / 86_400_000_000, 3),
                 "smoke_run": last.id if last is not None else None,
                 "options": options,
             }

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import click
@@ -147,9 +147,28 @@ def _drift_table(drift: list[Drift]) -> Table:
     return table
 
 
+class _Dollars(click.ParamType[Decimal, object]):
+    """A non-negative amount of USD, exactly (a usage error, exit 2, otherwise)."""
+
+    name = "usd"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> Decimal:
+        try:
+            amount = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+        except InvalidOperation:
+            self.fail(f"{value!r} is not an amount in USD", param, ctx)
+        if not amount.is_finite() or amount < 0 or amount > _MAX_USD:
+            self.fail(f"{value!r} must be an amount from 0 to {_MAX_USD} USD", param, ctx)
+        return amount
+
+
+_MAX_USD = Decimal(1_000_000)
+_USD = _Dollars()
+
+
 @click.command("smoke")
 @click.argument("patterns", nargs=-1)
-@click.option("--max-usd", type=Decimal, help="Spend cap of the whole run (default: smoke.max_usd).")
+@click.option("--max-usd", type=_USD, help="Spend cap of the whole run (default: smoke.max_usd).")
 @click.option("--light", is_flag=True, help="Only a completion and a stream per deployment (as a canary).")
 @click.option("--compare", is_flag=True, help="Show the drift from the previous run; regressions fail.")
 @click.option("--json", "as_json", is_flag=True, help="The run as JSON instead of a table.")
@@ -174,8 +193,6 @@ def smoke(
     allowed). Exit status 1 if a check failed (with --compare: or a check regressed)."""
     console = Console(stderr=True) if not as_json and sys.stderr.isatty() else None
     try:
-        if max_usd is not None and max_usd < 0:
-            raise ConfigError("--max-usd must not be negative")
         cap = int(max_usd.scaleb(9)) if max_usd is not None else None
         config, run, before = asyncio.run(
             _run(config_path, data_dir, patterns, cap, light, not no_store, console)

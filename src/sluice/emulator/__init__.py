@@ -148,6 +148,13 @@ class Emulator:
         if incoming.method == "GET":
             if flavor not in _NO_AUTH and not _has_auth(incoming.headers):
                 return _error(flavor, 401, Faults())
+            presented = incoming.headers.get("x-api-key") or incoming.headers.get("authorization", "")
+            try:
+                f = self._faults(incoming, None)
+            except ValueError as exc:
+                return _error(flavor, 400, Faults(), str(exc))
+            if f.bad_key and f.bad_key in presented:  # a revoked key lists nothing either
+                return _error(flavor, 401, f)
             balance = quotas.balance_plan(flavor, path, self.by_flavor.get(flavor, 0), self.balance)
             if balance is not None:
                 return balance

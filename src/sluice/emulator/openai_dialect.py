@@ -182,7 +182,8 @@ def _usage(
         usage["prompt_cache_miss_tokens"] = prompt - cached
     if flavor == "openrouter":
         # credits (USD) as OpenRouter reports them: $0.10 / $0.40 per million tokens in this emulator
-        usage["cost"] = round((prompt * 0.1 + completion * 0.4) / 1_000_000, 12)
+        free = str(body.get("model") or "").endswith(":free")  # OpenRouter's free variants bill nothing
+        usage["cost"] = 0 if free else round((prompt * 0.1 + completion * 0.4) / 1_000_000, 12)
         usage["is_byok"] = False
     return usage
 

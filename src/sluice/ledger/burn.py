@@ -16,12 +16,12 @@ from typing import Any
 from sluice.ledger.entry import TOKEN_COLUMNS
 from sluice.pricing.usage import TokenUsage
 from sluice.routing.table import Deployment, Route
+from sluice.smoke.report import FEATURE as SMOKE_FEATURE
 
 UNTAGGED = "(untagged)"
-SMOKE_FEATURE = "sluice-smoke"  # the smoke runs' own requests are not a workflow
 COLUMNS = ("feature", "endpoint", "ts_us", "cost_nanos", *TOKEN_COLUMNS)
-_MONTH_DAYS = 30
-_US_PER_DAY = 86_400 * 1_000_000
+_MONTH_US = 30 * 86_400 * 1_000_000
+_MIN_WINDOW_US = 3_600 * 1_000_000  # a projection from less than an hour of traffic is not one
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +57,7 @@ class Priced:
     alias: str
     total_nanos: int | None
     requests: int
-    window_days: float
+    window_us: int  # the span whose volume is projected
 
     def per_request(self) -> int | None:
         return None if self.total_nanos is None else -(-self.total_nanos // self.requests)
@@ -66,10 +66,10 @@ class Priced:
         return None if self.total_nanos is None else -(-self.total_nanos * 1000 // self.requests)
 
     def per_month(self) -> int | None:
-        """At the window's daily volume, for 30 days."""
+        """At the window's volume, for 30 days (rounded up: a projection of cost errs high)."""
         if self.total_nanos is None:
             return None
-        return int(self.total_nanos * _MONTH_DAYS / self.window_days)
+        return -(-self.total_nanos * _MONTH_US // self.window_us)
 
 
 def usage_of(row: Sequence[Any]) -> TokenUsage:
@@ -94,7 +94,7 @@ def workflows(rows: Iterable[Sequence[Any]], top: int) -> list[Workflow]:
     found: dict[tuple[str, str], Workflow] = {}
     for row in rows:
         feature = row[0] or UNTAGGED
-        if feature == SMOKE_FEATURE:
+        if feature == SMOKE_FEATURE:  # a smoke run's requests are not a workflow
             continue
         usage = usage_of(row)
         if not (usage.input_tokens or usage.output_tokens):
@@ -121,16 +121,17 @@ def deployments(routes: Mapping[str, Route], mode: str) -> list[tuple[Route, Dep
     return out
 
 
-def price(flow: Workflow, routes: Mapping[str, Route], window_days: float) -> list[Priced]:
+def price(flow: Workflow, routes: Mapping[str, Route], window_us: int) -> list[Priced]:
     """The workflow priced on every deployment of its mode, cheapest first (unpriced last)."""
     out = []
     for route, dep in deployments(routes, flow.mode):
         total: int | None = None
         if dep.pricer.chargeable:
             total = sum(dep.pricer.charge(r.usage, r.ts_us).nanos for r in flow.requests)
-        out.append(Priced(dep.id, route.alias, total, len(flow.requests), window_days))
+        out.append(Priced(dep.id, route.alias, total, len(flow.requests), window_us))
     return sorted(out, key=lambda p: (p.total_nanos is None, p.total_nanos or 0, p.deployment))
 
 
-def window_days(since_us: int, until_us: int) -> float:
-    return max((until_us - since_us) / _US_PER_DAY, 1 / 24)
+def window_us(since_us: int, until_us: int) -> int:
+    """The span a monthly projection is made from (at least an hour)."""
+    return max(until_us - since_us, _MIN_WINDOW_US)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
+FEATURE = "sluice-smoke"  # the feature of a smoke run's ledger rows (not a workflow of the product)
+RUN_SCOPE = "smoke"  # the kind of a run's own cap scope (not a budget to alert on)
 CHAT_CHECKS = (
     "models",
     "complete",
@@ -155,7 +157,7 @@ class Drift:
 
     deployment: str
     check: str
-    kind: str  # stopped_working | recovered | slower | shape_changed | new | gone
+    kind: str  # stopped_working | recovered | slower | shape_changed | changed | new | gone
     detail: str
 
     def as_json(self) -> dict[str, str]:
@@ -185,6 +187,7 @@ def compare(before: RunReport, now: RunReport, *, slower: float = 1.5, min_ms: f
                 out.append(Drift(dep.id, check.name, "stopped_working", f"was {was.status}: {check.detail}"))
             elif was.status == FAIL and check.status != FAIL:
                 out.append(Drift(dep.id, check.name, "recovered", f"now {check.status}"))
+                continue  # its shape changed too: that is how it recovered
             for key in _TIMINGS:
                 a, b = was.data.get(key), check.data.get(key)
                 if (
@@ -194,9 +197,10 @@ def compare(before: RunReport, now: RunReport, *, slower: float = 1.5, min_ms: f
                     and b - a >= min_ms
                 ):
                     out.append(Drift(dep.id, check.name, "slower", f"{key} {a:.0f} → {b:.0f} ms"))
-            for key in _SHAPES:
+            for key in _SHAPES:  # a changed shape is a regression unless the check now passes
                 a, b = was.data.get(key), check.data.get(key)
                 if a is not None and b is not None and a != b:
-                    out.append(Drift(dep.id, check.name, "shape_changed", f"{key} {a} → {b}"))
+                    kind = "changed" if check.status == PASS else "shape_changed"
+                    out.append(Drift(dep.id, check.name, kind, f"{key} {a} → {b}"))
     out += [Drift(dep_id, "", "gone", "in the previous run, not in this one") for dep_id in old]
     return out

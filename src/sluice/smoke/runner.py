@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 
 from sluice.accounting import Accounting
-from sluice.errors import BudgetExceeded, LimitReached, ModelUnpriced, SluiceError
-from sluice.ledger.entry import ERROR, OK, Entry
+from sluice.errors import BudgetExceeded, LimitReached, ModelUnpriced, SluiceError, UpstreamError
+from sluice.ledger.entry import ERROR, INTERRUPTED, OK, Entry
 from sluice.limits.spec import USD, Limit, Scope
 from sluice.providers.base import UpstreamCall
 from sluice.routing.table import Deployment, Route
@@ -31,18 +31,28 @@ from sluice.smoke.checks import Outcome
 from sluice.smoke.report import (
     CHAT_CHECKS,
     EMBED_CHECKS,
+    FEATURE,
     LIGHT_CHECKS,
+    RUN_SCOPE,
     SKIP,
     Check,
     DeploymentReport,
     RunReport,
+    usd,
 )
 from sluice.upstream import Upstream
 from sluice.wire.requests import ChatRequest, validate_chat, validate_embeddings
 
 log = logging.getLogger("sluice.smoke")
-FEATURE = "sluice-smoke"
-Progress = Callable[[str, str], None]  # (deployment id, check just finished)
+Progress = Callable[[str, str], None]
+# what reading an answer of the wrong shape raises (the gateway answers these with a 502 too)
+_MALFORMED = (
+    TypeError,
+    KeyError,
+    AttributeError,
+    ValueError,
+    IndexError,
+)  # (deployment id, check just finished)
 
 
 class Capped(Exception):
@@ -95,7 +105,7 @@ class SmokeRunner:
         clock = self._accounting.clock
         cap = cap_nanos if cap_nanos is not None else int(self.settings.max_usd.scaleb(9))
         run = RunReport(f"smoke_{secrets.token_hex(6)}", clock(), cap_nanos=cap, light=light)
-        scope = Scope(f"smoke:{run.id}", "smoke", (Limit(USD, "total", cap),), f"smoke run {run.id}")
+        scope = Scope(f"smoke:{run.id}", RUN_SCOPE, (Limit(USD, "total", cap),), f"smoke run {run.id}")
         for route, dep in select(self.routes, patterns):
             report = DeploymentReport(
                 dep.id,
@@ -155,7 +165,10 @@ class SmokeRunner:
         try:
             await self._limiter.admit(entry, entry.scopes, entry.body_bytes)
         except (BudgetExceeded, LimitReached) as exc:
-            raise Capped(exc.message) from exc
+            own = exc.headers.get("x-sluice-limit-scope", "").startswith(f"{RUN_SCOPE}:")
+            cap = entry.scopes[0].limits[0].amount if own else 0
+            reason = f"the run's ${usd(cap)} cap has no room for this call" if own else exc.message
+            raise Capped(reason) from exc
         except ModelUnpriced as exc:
             raise Capped(exc.message) from exc
         self._accounting.ledger.open(entry)
@@ -208,6 +221,14 @@ class SmokeRunner:
                     out.tokens, out.usage_reported = translated.tokens, translated.usage is not None
         except SluiceError as exc:
             out.error = exc
+        except _MALFORMED as exc:  # an answer of the wrong shape: the provider's failure, reported
+            out.error = UpstreamError(
+                f"Provider {target.provider!r} sent an answer that could not be read ({type(exc).__name__})."
+            )
+        except BaseException:  # cancelled (the server stops): the call may have reached the provider
+            self._accounting.settle(entry, INTERRUPTED, 503)
+            raise
+        if out.error is not None and not out.latency_ms:
             out.latency_ms = (time.perf_counter() - t0) * 1000
         entry.upstream_us = int(out.latency_ms * 1000)
         if out.error is None:
@@ -284,6 +305,7 @@ class _Deployment:
         self.light = light
         self.headers: dict[str, str] = {}
         self.priced: list[Outcome] = []
+        self.called = False  # a call reached the provider (its headers were seen)
 
     async def run(self, progress: Progress | None) -> None:
         names: tuple[str, ...] = EMBED_CHECKS if self.route.mode == "embedding" else CHAT_CHECKS
@@ -302,6 +324,7 @@ class _Deployment:
         if not self.dep.pricer.chargeable:
             raise Capped("the model has no price; requests to it are refused")
         out = await self.runner.call(self.run_, self.scope, self.route, self.dep, body, raw_body=raw_body)
+        self.called = True
         self.headers.update(out.headers)
         rep = self.report
         if out.tokens is not None:
@@ -352,6 +375,8 @@ class _Deployment:
         return checks.error_shape(await self._call(body, raw_body=checks.broken(call.body)))
 
     async def _rate_limit_headers(self) -> Check:
+        if not self.called:
+            return Check("rate_limit_headers", SKIP, "no call was made")
         return checks.rate_limit_headers(self.headers)
 
     async def _pricing(self) -> Check:
