@@ -45,7 +45,7 @@ from sluice.providers.balance import Balance
 from sluice.providers.quota import Throttle
 from sluice.routing.table import Route
 from sluice.settings import AlertRuleSettings, AlertSettings, ProviderSettings
-from sluice.smoke.report import FAIL, FEATURE, RUN_SCOPE, Drift, RunReport
+from sluice.smoke.report import FAIL, FEATURE, REGRESSIONS, RUN_SCOPE, Drift, RunReport
 from sluice.store.alerts import FAILED, PENDING, SENT, AlertRow
 from sluice.store.keys import KeyStore
 
@@ -104,7 +104,7 @@ class AlertService:
         self._counters = counters
         self._metrics = metrics
         self._clock = counters.clock
-        self._accounts = [a for a in map(account_of, providers) if a.watched or a.expires is not None]
+        self._accounts = [a for a in map(account_of, providers) if a.watched]
         self._routes = routes or {}
         self._in_service = in_service
         self._claim = claim
@@ -288,7 +288,7 @@ class AlertService:
                 if check.status == FAIL:
                     problems.setdefault(dep.id, []).append(f"{check.name} failed: {check.detail}")
         for d in drift:
-            if d.kind in ("stopped_working", "slower", "shape_changed") and d.check:
+            if d.kind in REGRESSIONS and d.check:
                 problems.setdefault(d.deployment, []).append(
                     f"{d.check} {d.kind.replace('_', ' ')}: {d.detail}"
                 )

@@ -23,7 +23,7 @@ from sluice.settings import Config
 
 
 async def _runways(config: Config, poll: bool) -> list[Runway]:
-    accounts = [a for a in map(account_of, config.providers) if a.watched or a.expires is not None]
+    accounts = [a for a in map(account_of, config.providers) if a.watched]
     balances = {}
     if poll and accounts:
         upstream = open_upstream(config, os.environ)

@@ -26,12 +26,20 @@ from sluice.metrics import Metrics
 from sluice.settings import Config
 from sluice.smoke import history
 from sluice.smoke.html import render
-from sluice.smoke.report import CHAT_CHECKS, EMBED_CHECKS, LIGHT_CHECKS, Drift, RunReport, compare, usd
+from sluice.smoke.report import (
+    CHAT_CHECKS,
+    EMBED_CHECKS,
+    LIGHT_CHECKS,
+    REGRESSIONS,
+    Drift,
+    RunReport,
+    compare,
+    usd,
+)
 from sluice.smoke.runner import SmokeRunner, select
 from sluice.store.keys import KeyRow
 
 _STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
-REGRESSIONS = frozenset({"stopped_working", "slower", "shape_changed"})
 
 
 async def _run(

@@ -34,7 +34,12 @@ class Account:
     @property
     def watched(self) -> bool:
         """True if the credit-runway alert and ``sluice credits`` have something to count."""
-        return self.plan != "paid" or self.credits_nanos is not None or self.daily_requests is not None
+        return (
+            self.plan != "paid"
+            or self.credits_nanos is not None
+            or self.daily_requests is not None
+            or self.expires is not None
+        )
 
     def next_reset(self, now: datetime) -> datetime:
         """When the account's daily allowances are next renewed (UTC)."""

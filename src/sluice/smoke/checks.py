@@ -171,11 +171,14 @@ def complete(out: Outcome, s: SmokeSettings) -> Check:
     data = {"latency_ms": round(out.latency_ms, 1)}
     if not text:
         return Check("complete", FAIL, "the answer has no content", data)
+    return _in_time("complete", out, s, data)
+
+
+def _in_time(name: str, out: Outcome, s: SmokeSettings, data: dict[str, Any]) -> Check:
+    """A complete answer judged by its latency."""
     if out.latency_ms > s.max_latency_ms:
-        return Check(
-            "complete", FAIL, f"answered in {out.latency_ms:.0f} ms (limit {s.max_latency_ms:.0f})", data
-        )
-    return Check("complete", PASS, f"answered in {out.latency_ms:.0f} ms", data)
+        return Check(name, FAIL, f"answered in {out.latency_ms:.0f} ms (limit {s.max_latency_ms:.0f})", data)
+    return Check(name, PASS, f"answered in {out.latency_ms:.0f} ms", data)
 
 
 def stream(out: Outcome, s: SmokeSettings) -> Check:
@@ -340,8 +343,4 @@ def embed(out: Outcome, s: SmokeSettings) -> Check:
         return Check("embed", FAIL, "no embedding in the answer", timing)
     if not out.usage_reported:
         return Check("embed", FAIL, "no usage in the answer", timing)
-    if out.latency_ms > s.max_latency_ms:
-        return Check(
-            "embed", FAIL, f"answered in {out.latency_ms:.0f} ms (limit {s.max_latency_ms:.0f})", timing
-        )
-    return Check("embed", PASS, f"answered in {out.latency_ms:.0f} ms", timing)
+    return _in_time("embed", out, s, timing)

@@ -26,6 +26,7 @@ CHAT_CHECKS = (
     "pricing",
 )
 EMBED_CHECKS = ("models", "embed", "error_shape", "pricing")
+REGRESSIONS = frozenset({"stopped_working", "slower", "shape_changed"})  # drift kinds that fail a run
 LIGHT_CHECKS = frozenset({"complete", "stream", "stream_usage"})  # what a canary runs
 
 
