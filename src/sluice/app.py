@@ -15,6 +15,8 @@ from sluice.accounting import Accounting
 from sluice.alerts.channels import open_channels
 from sluice.alerts.service import AlertService
 from sluice.api.asgi import SluiceAPI
+from sluice.cache.backends import CacheBackend, MemoryCache, RedisCache, SQLiteCache
+from sluice.cache.service import ResponseCache
 from sluice.config_file import resolve_secret
 from sluice.credits import poll_balances
 from sluice.errors import ConfigError
@@ -48,6 +50,7 @@ from sluice.upstream import ProviderEndpoint, Upstream
 log = logging.getLogger("sluice")
 T = TypeVar("T")
 DB_FILE = "sluice.db"
+CACHE_FILE = "cache.db"
 ALERT_CLAIM_TTL_S = 40 * 86_400  # longer than any period but the total; the alert log keeps keys for good
 
 
@@ -257,6 +260,21 @@ def open_alerts(
     )
 
 
+def open_cache(config: Config, environ: Mapping[str, str], metrics: Metrics) -> ResponseCache:
+    """The response cache on its configured backend (not started)."""
+    s = config.cache
+    backend: CacheBackend
+    if s.backend == "redis":
+        if not config.server.redis_url:
+            raise ConfigError("cache.backend: redis needs server.redis_url")
+        backend = RedisCache(_server_url(config, "redis_url", environ))
+    elif s.backend == "sqlite":
+        backend = SQLiteCache(Path(config.server.data_dir) / CACHE_FILE)
+    else:
+        backend = MemoryCache(s.max_bytes)
+    return ResponseCache(s, backend, metrics)
+
+
 def open_smoke(
     config: Config,
     store: KeyStore,
@@ -336,6 +354,7 @@ def create_app(
     limiter.on_refusal = alerts.refused
     gateway.on_quota = alerts.quota_spent
     smoke = open_smoke(config, svc.store, routes, upstream, accounting, alerts)
+    cache = open_cache(config, environ, metrics)
 
     def health_changed(dep_id: str, seconds: float, ejections: int) -> None:
         alerts.ejected(dep_id, seconds, ejections)
@@ -381,8 +400,10 @@ def create_app(
         await metrics.start()
         await alerts.start()
         await smoke.start()
+        await cache.start()
 
     async def shutdown() -> None:
+        await cache.close()
         await smoke.close()
         await alerts.close()
         if broadcast is not None:
@@ -406,5 +427,6 @@ def create_app(
     api.provider_keys = svc.provider_keys
     api.alerts = alerts
     api.smoke = smoke
+    api.cache = cache
     api.provider_keys_changed = provider_keys_changed
     return api

@@ -93,6 +93,16 @@ ROUTING: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ),
         ("alias", "provider", "reason"),
     ),
+    "cache": (
+        "sluice_cache_lookups",
+        "Response-cache lookups by alias and result: hit, miss, skip (not looked up), stored.",
+        ("alias", "result"),
+    ),
+    "cache_saved": (
+        "sluice_cache_saved_nanodollars",
+        "What the answers served from the response cache cost when they were made, in nano-dollars.",
+        ("alias",),
+    ),
     "alert": ("sluice_alerts", "Alerts fired (logged once across instances), by rule.", ("rule",)),
     "alert_delivery": (
         "sluice_alert_deliveries",
@@ -161,10 +171,10 @@ class Metrics:
         if answered is not None and entry.upstream_status == 200:
             self._observe("sluice_gateway_overhead_seconds", "", max(answered - entry.upstream_us, 0))
 
-    def count(self, name: str, *labels: str) -> None:
-        """Count a routing event (``name`` from ``ROUTING``, with its labels)."""
+    def count(self, name: str, *labels: str, n: int = 1) -> None:
+        """Count a routing event (``name`` from ``ROUTING``, with its labels), ``n`` times."""
         key = (name, *labels)
-        self._routing[key] = self._routing.get(key, 0) + 1
+        self._routing[key] = self._routing.get(key, 0) + n
 
     # --- sharing between workers ------------------------------------------------------------------------
 

@@ -577,6 +577,38 @@ class SmokeSettings(_Strict):
     canary: CanarySettings = setting(CanarySettings(), "Scheduled light runs (see CanarySettings).")
 
 
+CacheMode = Literal["auto", "always", "off"]
+
+
+class CacheSettings(_Strict):
+    """The response cache: exact-match, per tenant. A request opts in or out with the `x-sluice-cache`
+    header (`use`, `skip`, `refresh`, and `ttl=SECONDS`)."""
+
+    mode: CacheMode = setting(
+        "auto",
+        "`auto`: chat requests with `temperature: 0`, and embeddings, are cached; `always`: every chat "
+        "request too; `off`: only requests that send `x-sluice-cache: use`.",
+    )
+    backend: Literal["memory", "sqlite", "redis"] = setting(
+        "memory",
+        "`memory` (this process, bounded by `max_bytes`), `sqlite` (the data directory's cache.db) or "
+        "`redis` (`server.redis_url`, shared by every instance).",
+    )
+    scope: Literal["key", "team", "global"] = setting(
+        "key",
+        "Who shares entries: each virtual key (default), each team (keys without a team keep their own), or "
+        "everyone (`global`: only for a gateway serving one tenant).",
+    )
+    ttl_s: int = setting(3600, "How long an entry is served, in seconds (a request may ask for less).", ge=1)
+    max_bytes: int = setting(64 * 1024 * 1024, "The memory backend's size, in bytes (LRU).", ge=1024)
+    max_entry_bytes: int = setting(4 * 1024 * 1024, "Larger answers are not cached.", ge=1024)
+    tool_calls: bool = setting(
+        False, "Cache answers that call tools (else only with `x-sluice-cache: use, tools`)."
+    )
+    aliases: dict[str, CacheMode] = setting({}, "The mode per model alias (overrides `mode`).")
+    keys: dict[str, CacheMode] = setting({}, "The mode per virtual key name (overrides the alias's).")
+
+
 class ReadinessSettings(_Strict):
     """What `sluice doctor` and `GET /admin/readiness` accept."""
 
@@ -597,6 +629,7 @@ class Config(_Strict):
     )
     alerts: AlertSettings = setting(AlertSettings(), "Alerts (see AlertSettings).")
     smoke: SmokeSettings = setting(SmokeSettings(), "Smoke tests and canaries (see SmokeSettings).")
+    cache: CacheSettings = setting(CacheSettings(), "The response cache (see CacheSettings).")
     readiness: ReadinessSettings = setting(
         ReadinessSettings(), "The readiness checklist (see ReadinessSettings)."
     )

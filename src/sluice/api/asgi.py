@@ -25,6 +25,9 @@ from sluice.accounting import Accounting
 from sluice.alerts.service import AlertService
 from sluice.api import admin as admin_api
 from sluice.api.errors import envelope, error_body, error_frame, error_headers
+from sluice.cache.policy import REFRESH, SKIP, SKIPPED, USE, Decision
+from sluice.cache.record import COMPLETE, STREAM, Record, calls_tools, split_events
+from sluice.cache.service import ResponseCache
 from sluice.errors import (
     BudgetExceeded,
     CountersUnavailable,
@@ -43,7 +46,17 @@ from sluice.gateway import Gateway, Reply, StreamReply
 from sluice.keys.policy import attribute
 from sluice.keys.provider_keys import ProviderKeys
 from sluice.keys.service import KeyService, Principal
-from sluice.ledger.entry import CUT, DISCONNECTED, ERROR, INTERRUPTED, OK, REFUSED, Entry, usd_text
+from sluice.ledger.entry import (
+    CUT,
+    DISCONNECTED,
+    ERROR,
+    INTERRUPTED,
+    OK,
+    REFUSED,
+    Entry,
+    usd_text,
+    wall_clock_us,
+)
 from sluice.ledger.sink import Content
 from sluice.ledger.spend import spend_report
 from sluice.limits.counters import limit_headers
@@ -84,11 +97,17 @@ class Request:
     feature: str | None = None  # x-sluice-feature
     tags: str | None = None  # x-sluice-tags
     user: str | None = None  # x-sluice-user
+    cache: str | None = None  # x-sluice-cache
     started: bool = False
 
 
 Handler = Callable[["SluiceAPI", Request], Awaitable[None]]
-GC_THRESHOLDS = (20_000, 20, 20)  # young, middle, old: see the lifespan startup
+GC_THRESHOLDS = (20_000, 20, 20)
+_CACHE_STATE = {
+    USE: b"miss",
+    REFRESH: b"miss",
+    SKIP: b"skip",
+}  # x-sluice-cache of an answer not from it  # young, middle, old: see the lifespan startup
 
 
 class _DisconnectWatch:
@@ -173,6 +192,7 @@ class SluiceAPI:
         self.provider_keys_changed: Callable[[], Awaitable[None]] | None = None
         self.alerts: AlertService | None = None  # the alert log and test sends (admin API)
         self.smoke: SmokeService | None = None  # smoke runs (admin API)
+        self.cache: ResponseCache | None = None  # the response cache; set by ``create_app``
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -230,6 +250,7 @@ class SluiceAPI:
             ours.get(b"x-sluice-feature"),
             ours.get(b"x-sluice-tags"),
             ours.get(b"x-sluice-user"),
+            ours.get(b"x-sluice-cache"),
         )
         try:
             if forbidden is not None:
@@ -368,13 +389,74 @@ class SluiceAPI:
         routes = self._routes(principal, chat.model, chat.models, "chat")
         entry = self._begin(req, principal, "chat", routes[0], chat.stream, chat.body, len(raw))
         keep = raw if principal.policy.log_content else None
+        cached = self._cached(req, principal, entry, chat.body)
+        if cached.mode == USE and await self._hit(req, entry, cached):
+            return
         if chat.stream:
-            await self._relay(req, entry, keep, lambda: self.gateway.chat_stream(chat, routes, entry))
+            await self._relay(req, entry, keep, lambda: self.gateway.chat_stream(chat, routes, entry), cached)
         else:
-            await self._complete(req, entry, keep, lambda: self.gateway.chat(chat, routes, entry))
+            await self._complete(req, entry, keep, lambda: self.gateway.chat(chat, routes, entry), cached)
+
+    def _cached(self, req: Request, principal: Principal, entry: Entry, body: dict[str, Any]) -> Decision:
+        """What the response cache does with this request."""
+        if self.cache is None:
+            return SKIPPED
+        return self.cache.decide(
+            req.cache,
+            endpoint=entry.endpoint,
+            alias=entry.alias,
+            key_id=principal.key_id,
+            key_name=principal.name,
+            team=principal.policy.team,
+            body=body,
+        )
+
+    async def _hit(self, req: Request, entry: Entry, cached: Decision) -> bool:
+        """Answer from the cache if it has the answer: nothing sent upstream, nothing charged, the saving
+        recorded."""
+        assert self.cache is not None
+        record = await self.cache.lookup(cached, entry.alias)
+        if record is None:
+            return False
+        entry.cache_hit = True
+        entry.saved_nanos = record.cost_nanos
+        entry.model = record.model
+        self.accounting.settle(entry, OK, 200)
+        extra = [
+            (b"x-sluice-cache", b"hit"),
+            (b"x-sluice-cost-usd", b"0.0"),
+            (b"x-sluice-saved-usd", usd_text(record.cost_nanos).encode()),
+            (b"x-sluice-model", record.model.encode()),
+        ]
+        if record.kind == STREAM:
+            await self.respond(req, 200, record.replay(), self._headers(req, extra, SSE_HEADERS))
+        else:
+            await self.respond(req, 200, record.body, self._headers(req, extra, JSON_HEADERS))
+        return True
+
+    def _keep(
+        self, entry: Entry, cached: Decision, kind: str, payload: bytes, events: tuple[bytes, ...]
+    ) -> None:
+        """Store a miss's answer if it may be reused: complete, with the provider's own usage, and no tool
+        call unless asked for."""
+        if self.cache is None or entry.usage_estimated or entry.status != OK or not entry.usage.input_tokens:
+            return
+        if not cached.tools and calls_tools(payload):
+            return
+        u = entry.usage
+        record = Record(
+            kind, payload if kind != STREAM else b"", events, entry.cost_nanos, u.input_tokens,
+            u.output_tokens, entry.provider, entry.model, wall_clock_us(),
+        )  # fmt: skip
+        self.cache.keep(cached, record, entry.alias)
 
     async def _complete(
-        self, req: Request, entry: Entry, keep: bytes | None, call: Callable[[], Awaitable[Reply]]
+        self,
+        req: Request,
+        entry: Entry,
+        keep: bytes | None,
+        call: Callable[[], Awaitable[Reply]],
+        cached: Decision = SKIPPED,
     ) -> None:
         """Send a complete answer; if the client leaves while it is computed, stop the upstream call."""
         watch = _DisconnectWatch(req.receive)
@@ -401,12 +483,20 @@ class SluiceAPI:
         body_tokens = -(-len(reply.body) // 4) if entry.endpoint == "chat" else 0
         self.accounting.settle(entry, OK, 200, tokens=reply.tokens, delivered=body_tokens, content=content)
         extra = [*reply.headers, (b"x-sluice-cost-usd", usd_text(entry.cost_nanos).encode())]
+        if cached.mode != SKIP:
+            self._keep(entry, cached, COMPLETE, reply.body, ())
+        extra.append((b"x-sluice-cache", _CACHE_STATE[cached.mode]))
         if entry.hold is not None:
             extra += limit_headers(entry.hold, entry.ts_us, entry.cost_nanos)
         await self.respond(req, 200, reply.body, self._headers(req, extra, JSON_HEADERS))
 
     async def _relay(
-        self, req: Request, entry: Entry, keep: bytes | None, opener: Callable[[], Awaitable[StreamReply]]
+        self,
+        req: Request,
+        entry: Entry,
+        keep: bytes | None,
+        opener: Callable[[], Awaitable[StreamReply]],
+        cached: Decision = SKIPPED,
     ) -> None:
         """Open a stream and send it to the client, then settle it, whatever happened.
 
@@ -416,12 +506,12 @@ class SluiceAPI:
         """
         watch = _DisconnectWatch(req.receive)
         stream: StreamReply | None = None
-        sent: list[bytes] | None = [] if keep is not None else None
+        sent: list[bytes] | None = [] if keep is not None or cached.mode != SKIP else None
         failed = False
         try:
             stream = await opener()
             req.started = True
-            extra = stream.headers
+            extra = [*stream.headers, (b"x-sluice-cache", _CACHE_STATE[cached.mode])]
             if entry.hold is not None:
                 extra = [*extra, *limit_headers(entry.hold, entry.ts_us)]
             headers = self._headers(req, extra, SSE_HEADERS)
@@ -476,6 +566,9 @@ class SluiceAPI:
                 charge=stream.charge,
                 content=content,
             )
+            events = split_events(sent) if cached.mode != SKIP and sent is not None else None
+            if events is not None and stream.final_tokens is not None:
+                self._keep(entry, cached, STREAM, b"".join(events), events)
 
     def _unfinished(
         self, entry: Entry, stream: StreamReply | None, status: str, http: int, err: SluiceError | None = None
@@ -492,7 +585,10 @@ class SluiceAPI:
         routes = self._routes(principal, emb.model, emb.models, "embedding")
         entry = self._begin(req, principal, "embeddings", routes[0], False, emb.body, len(raw))
         keep = raw if principal.policy.log_content else None
-        await self._complete(req, entry, keep, lambda: self.gateway.embeddings(emb, routes, entry))
+        cached = self._cached(req, principal, entry, emb.body)
+        if cached.mode == USE and await self._hit(req, entry, cached):
+            return
+        await self._complete(req, entry, keep, lambda: self.gateway.embeddings(emb, routes, entry), cached)
 
     def _model_card(self, route: Route) -> dict[str, Any]:
         return {"id": route.alias, "object": "model", "created": self._created, "owned_by": route.owned_by}

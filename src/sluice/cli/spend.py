@@ -53,7 +53,7 @@ def _table(report: Report) -> Table:
         table.add_column(dim)
     for name in ("requests", "input", "cached", "output", "reasoning", "cost $", "$/request"):
         table.add_column(name, justify="right")
-    for name in ("p50 tok", "p95 tok", "month $ (proj.)", "estimated"):
+    for name in ("p50 tok", "p95 tok", "month $ (proj.)", "estimated", "cache hits", "saved $"):
         table.add_column(name, justify="right")
     records = report.as_dicts()
     total = report.as_total()
@@ -71,6 +71,8 @@ def _table(report: Report) -> Table:
             f"{rec['tokens_p95']:,}",
             rec["projected_month_usd"],
             f"{rec['usage_estimated']:,}",
+            f"{rec['cache_hits']:,}",
+            rec["saved_usd"],
             end_section=rec is records[-1] if records else False,
         )
     return table

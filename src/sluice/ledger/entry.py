@@ -73,6 +73,8 @@ COLUMNS = (
     "reserved_nanos",
     "reserved_input_tokens",
     "reserved_output_tokens",
+    "cache_hit",
+    "saved_nanos",
 )
 
 
@@ -146,6 +148,8 @@ class Entry:
     reserved_nanos: int = 0
     reserved_input_tokens: int = 0
     reserved_output_tokens: int = 0
+    cache_hit: bool = False  # answered from the response cache: nothing was sent, nothing charged
+    saved_nanos: int = 0  # what the cached answer cost when it was made (a hit's saving)
     # --- not stored: what settlement needs to know ---------------------------------------------------
     started_ns: int = 0  # perf_counter_ns() at arrival
     input_estimate: int = 0  # prompt tokens guessed from the body size, for requests that never finish
@@ -205,6 +209,8 @@ class Entry:
             self.reserved_nanos,
             self.reserved_input_tokens,
             self.reserved_output_tokens,
+            self.cache_hit,
+            self.saved_nanos,
         )
 
     @property

@@ -40,6 +40,8 @@ COLUMNS = (
     *TOKEN_COLUMNS,
     "cost_nanos",
     "usage_estimated",
+    "cache_hit",
+    "saved_nanos",
 )
 _IDX = {name: i for i, name in enumerate(COLUMNS)}
 _RELATIVE = re.compile(r"(\d+)([hdw])")
@@ -85,6 +87,8 @@ class Group:
     requests: int = 0
     estimated: int = 0  # rows whose usage was estimated (cut streams, disconnects)
     cost_nanos: int = 0
+    cache_hits: int = 0  # answered from the response cache
+    saved_nanos: int = 0  # what those answers cost when they were made
     tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_COLUMNS, 0))
     per_request: list[int] = field(default_factory=list)  # input + output tokens of each request
 
@@ -126,6 +130,8 @@ class Report:
         out["tokens_p95"] = g.percentile(95)
         out["projected_month_usd"] = usd_text(self.projected_month(g))
         out["usage_estimated"] = g.estimated
+        out["cache_hits"] = g.cache_hits
+        out["saved_usd"] = usd_text(g.saved_nanos)
         return out
 
     def as_total(self) -> dict[str, Any]:
@@ -188,6 +194,9 @@ def summarise(
             g.requests += 1
             g.cost_nanos += int(row[_IDX["cost_nanos"]])
             g.estimated += 1 if row[_IDX["usage_estimated"]] else 0
+            if row[_IDX["cache_hit"]]:
+                g.cache_hits += 1
+                g.saved_nanos += int(row[_IDX["saved_nanos"]])
             for name in TOKEN_COLUMNS:
                 g.tokens[name] += int(row[_IDX[name]])
             g.per_request.append(int(row[_IDX["input_tokens"]]) + int(row[_IDX["output_tokens"]]))

@@ -61,6 +61,25 @@ def _image_block(part: dict[str, Any], param: str) -> dict[str, Any]:
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 
+def _cached(block: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """A block with the part's ``cache_control`` (Anthropic prompt caching passes through)."""
+    control = part.get("cache_control")
+    if isinstance(control, dict):
+        block["cache_control"] = control
+    return block
+
+
+def _system_blocks(content: Any) -> list[dict[str, Any]]:
+    """A system message as text blocks, keeping each part's ``cache_control``."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    return [
+        _cached({"type": "text", "text": p.get("text", "")}, p)
+        for p in content or []
+        if isinstance(p, dict) and p.get("type") == "text" and p.get("text")
+    ]
+
+
 def _user_blocks(content: Any, param: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
@@ -68,9 +87,9 @@ def _user_blocks(content: Any, param: str) -> list[dict[str, Any]]:
     for j, part in enumerate(content or []):
         kind = part.get("type")
         if kind == "text":
-            blocks.append({"type": "text", "text": part.get("text", "")})
+            blocks.append(_cached({"type": "text", "text": part.get("text", "")}, part))
         elif kind == "image_url":
-            blocks.append(_image_block(part, f"{param}[{j}]"))
+            blocks.append(_cached(_image_block(part, f"{param}[{j}]"), part))
         else:
             raise InvalidRequest(
                 f"Content part type {kind!r} is not supported for Anthropic models.",
@@ -104,14 +123,17 @@ def _assistant_blocks(msg: dict[str, Any], param: str) -> list[dict[str, Any]]:
     return blocks
 
 
-def _messages(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-    system: list[str] = []
+def _messages(body: dict[str, Any]) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
+    """The system prompt (text, or blocks when one asks for prompt caching) and the turns."""
+    system: list[dict[str, Any]] = []
+    texts: list[str] = []  # each system message's text, for the plain form
     out: list[dict[str, Any]] = []
     for i, msg in enumerate(body["messages"]):
         role = msg["role"]
         param = f"messages[{i}]"
         if role in ("system", "developer"):
-            system.append(_text_of(msg.get("content")))
+            system += _system_blocks(msg.get("content"))
+            texts.append(_text_of(msg.get("content")))
             continue
         if role == "user":
             turn, blocks = "user", _user_blocks(msg.get("content"), f"{param}.content")
@@ -130,7 +152,9 @@ def _messages(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
             out[-1]["content"].extend(blocks)  # Anthropic wants alternating turns
         else:
             out.append({"role": turn, "content": blocks})
-    return "\n\n".join(s for s in system if s), out
+    if any("cache_control" in block for block in system):
+        return system, out
+    return "\n\n".join(t for t in texts if t), out
 
 
 def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:

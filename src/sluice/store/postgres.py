@@ -142,6 +142,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX smoke_runs_started ON smoke_runs (started_us);
     """,
+    """
+    ALTER TABLE ledger ADD COLUMN cache_hit BOOLEAN NOT NULL DEFAULT FALSE;
+    ALTER TABLE ledger ADD COLUMN saved_nanos BIGINT NOT NULL DEFAULT 0;
+    """,
 )
 
 _TRIM_SMOKE = (

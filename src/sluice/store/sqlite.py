@@ -147,6 +147,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX smoke_runs_started ON smoke_runs (started_us)
     """,
+    """
+    ALTER TABLE ledger ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE ledger ADD COLUMN saved_nanos INTEGER NOT NULL DEFAULT 0
+    """,
 )
 
 _TRIM_SMOKE = (
