@@ -95,7 +95,7 @@ ROUTING: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "cache": (
         "sluice_cache_lookups",
-        "Response-cache lookups by alias and result: hit, miss, skip (not looked up), stored.",
+        "Response-cache lookups and stores by alias and result: hit, miss, stored.",
         ("alias", "result"),
     ),
     "cache_saved": (

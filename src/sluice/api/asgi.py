@@ -431,7 +431,7 @@ class SluiceAPI:
         if record.kind == STREAM:
             await self.respond(req, 200, record.replay(), self._headers(req, extra, SSE_HEADERS))
         else:
-            await self.respond(req, 200, record.body, self._headers(req, extra, JSON_HEADERS))
+            await self.respond(req, 200, record.answer(), self._headers(req, extra, JSON_HEADERS))
         return True
 
     def _keep(

@@ -50,9 +50,9 @@ class MemoryCache:
         return value
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        self._drop(key)  # replaced, or (too large to keep) gone: never the old value
         if len(value) > self.max_bytes:
             return
-        self._drop(key)
         self._items[key] = (time.monotonic() + ttl_s, value)
         self.bytes += len(value)
         while self.bytes > self.max_bytes:
@@ -123,8 +123,19 @@ class SQLiteCache:
 class RedisCache:
     """``SET key value PX ttl``: Redis expires and evicts (its own ``maxmemory`` policy)."""
 
-    def __init__(self, url: str) -> None:
-        self._redis: aioredis.Redis = aioredis.from_url(url)
+    def __init__(self, url: str, max_connections: int = 256, timeout_s: float = 0.5) -> None:
+        # waits for a free connection instead of failing past the pool's size, and gives up soon: a
+        # Redis that does not answer makes a miss, never a hung request
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout_s,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=10,
+        )
+        self._pool = pool
+        self._redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
 
     async def start(self) -> None:
         await self._redis.ping()
@@ -138,6 +149,7 @@ class RedisCache:
 
     async def close(self) -> None:
         await self._redis.aclose()
+        await self._pool.disconnect()  # a pool given to the client is not closed with it
 
 
 def _now_us() -> int:

@@ -8,6 +8,7 @@ every hit), its usage, and who answered it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import orjson
 from sluice.pricing.usage import TokenUsage
 
 _VERSION = 1
+_TOOL_CALL = re.compile(rb'"tool_calls"\s*:\s*\[\s*[^\]\s]')
 COMPLETE, STREAM = "complete", "stream"
 DONE = b"data: [DONE]\n\n"
 
@@ -75,6 +77,20 @@ class Record:
     def usage(self) -> TokenUsage:
         return TokenUsage(input_tokens=self.input_tokens, output_tokens=self.output_tokens)
 
+    def answer(self) -> bytes:
+        """A complete answer's body as a hit sends it: its ``usage.cost`` (OpenRouter's) at 0."""
+        if b'"cost"' not in self.body:
+            return self.body
+        try:
+            body: dict[str, Any] = orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            return self.body
+        usage = body.get("usage")
+        if not isinstance(usage, dict) or "cost" not in usage:
+            return self.body
+        usage["cost"] = 0
+        return orjson.dumps(body)
+
     def replay(self) -> bytes:
         """A stream's bytes as a hit sends them: the same events, the usage chunk's cost at 0."""
         return b"".join(_free(e) for e in self.events) + DONE
@@ -90,8 +106,8 @@ def split_events(frames: list[bytes]) -> tuple[bytes, ...] | None:
 
 
 def calls_tools(payload: bytes) -> bool:
-    """True if an answer (body or stream) calls a tool."""
-    return b'"tool_calls"' in payload and b'"tool_calls":null' not in payload.replace(b" ", b"")
+    """True if an answer (body or stream) calls a tool anywhere (a ``null`` or empty list is no call)."""
+    return b'"tool_calls"' in payload and _TOOL_CALL.search(payload) is not None
 
 
 def _free(event: bytes) -> bytes:

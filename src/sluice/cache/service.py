@@ -57,7 +57,9 @@ class ResponseCache:
         )
         if mode == SKIP:
             return SKIPPED
-        key = policy.cache_key(policy.scope_of(s, key_id, team), endpoint, body)
+        # an answer that may call tools is kept apart: only requests that accept one are served it
+        kind = f"{endpoint}+tools" if tools else endpoint
+        key = policy.cache_key(policy.scope_of(s, key_id, team), kind, body)
         return Decision(mode, min(ttl, s.ttl_s) if ttl else s.ttl_s, tools, key)
 
     async def lookup(self, decision: Decision, alias: str) -> Record | None:
