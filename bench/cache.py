@@ -56,14 +56,14 @@ def body(temperature: float, n: int) -> bytes:
     ).encode()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="~2 s per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backend", choices=("memory", "sqlite"), default="memory")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     seconds, warmup = (2.0, 0.5) if args.quick else (8.0, 1.0)
     bodies = {"skip": [body(0.2, 0)], "miss": [body(0, n) for n in range(UNIQUE)], "hit": [body(0, -1)]}
     with tempfile.TemporaryDirectory(prefix="sluice-cache-bench-") as tmp:

@@ -4,6 +4,7 @@
     .venv/bin/python bench/overhead.py --quick    # ~2 s per measurement (smoke run)
     .venv/bin/python bench/overhead.py --baseline-ref 1b24c02   # and against that commit's Sluice
     .venv/bin/python bench/overhead.py --budgets  # a capped key with per-user quotas against no limits
+    .venv/bin/python bench/overhead.py --cache    # response-cache hits, misses and uncached requests
 
 Starts its own emulator, a bare proxy (bench/bare_proxy.py: Sluice's stack with no gateway logic) and a
 one-worker Sluice on free loopback ports, then measures, direct, through the bare proxy and through
@@ -1520,7 +1521,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="runs of each Sluice, alternating with the baseline or the capped key "
         "(default: 2 with --baseline-ref or --budgets, else 1)",
     )
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="the response cache instead: hits, misses and uncached requests, alternated (bench/cache.py)",
+    )
     args = parser.parse_args(argv)
+    if args.cache:  # one Sluice, three kinds of request: its own script, reached from here too
+        import cache  # noqa: PLC0415 - only this mode needs it (and it imports this module)
+
+        return cache.main([*(["--quick"] if args.quick else []), "--rounds", str(args.rounds or 3)])
     if args.budgets and args.baseline_ref:
         parser.error("--budgets and --baseline-ref are separate runs")
     rounds = args.rounds if args.rounds is not None else (2 if args.baseline_ref or args.budgets else 1)
