@@ -12,7 +12,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
 
-import redis.asyncio as aioredis
+from sluice.store.redis_pool import bounded_client
 
 _PREFIX = "sluice:cache:"
 
@@ -124,18 +124,9 @@ class RedisCache:
     """``SET key value PX ttl``: Redis expires and evicts (its own ``maxmemory`` policy)."""
 
     def __init__(self, url: str, max_connections: int = 256, timeout_s: float = 0.5) -> None:
-        # waits for a free connection instead of failing past the pool's size, and gives up soon: a
-        # Redis that does not answer makes a miss, never a hung request
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_s,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            health_check_interval=10,
-        )
-        self._pool = pool
-        self._redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        # waits for a free connection rather than failing past the pool's size, and gives up soon: a
+        # Redis that does not answer makes a miss, never a hung request (SET and GET are idempotent)
+        self._redis = bounded_client(url, max_connections, timeout_s)
 
     async def start(self) -> None:
         await self._redis.ping()
@@ -148,8 +139,7 @@ class RedisCache:
         await self._redis.set(_PREFIX + key, value, px=ttl_s * 1000)
 
     async def close(self) -> None:
-        await self._redis.aclose()
-        await self._pool.disconnect()  # a pool given to the client is not closed with it
+        await self._redis.aclose(close_connection_pool=True)  # a pool passed in is not closed otherwise
 
 
 def _now_us() -> int:

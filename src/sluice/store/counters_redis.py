@@ -30,16 +30,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from sluice.aio import cancel_and_wait
 from sluice.errors import CountersUnavailable
 from sluice.limits.counters import CounterKey, Hold, Loaded, Need, Room, refusal
 from sluice.limits.spec import CONCURRENT, MINUTE, REQUESTS, TOKENS, USD, Calendar, Scope, windows_at
+from sluice.store.redis_pool import bounded_client
 
 log = logging.getLogger("sluice.limits")
 
@@ -137,19 +134,8 @@ class RedisCounters:
         sync_every_s: float = 5.0,
         max_connections: int = 64,
     ) -> None:
-        # a bounded pool that waits (up to the timeout) for a free connection under load
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_s,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            health_check_interval=10,
-            # a connection Redis dropped (it restarted) is retried once on a fresh one; the scripts are
-            # idempotent (a reservation is keyed by its id), so a retry never reserves twice
-            retry=Retry(NoBackoff(), 1, (RedisConnectionError,)),
-        )
-        self._redis = aioredis.Redis(connection_pool=pool)
+        # bounded and waiting; a retry never reserves twice (a reservation is keyed by its id)
+        self._redis = bounded_client(url, max_connections, timeout_s)
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
         self._reap = self._redis.register_script(_REAP)
