@@ -25,20 +25,25 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
+
 from overhead import (
     ADMIN_KEY,
     ALIAS,
     CHAT_PATH_DIRECT,
     CHAT_PATH_SLUICE,
     EMU_KEY,
+    PACE_SPEC,
     UPSTREAM_MODEL,
     Load,
     Meter,
     Processes,
+    Streams,
     Target,
     aiohttp_load,
     chat_body,
     http_request,
+    paced_streams,
     peak_rss_mib,
     run_async,
     start_emulator,
@@ -136,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="~2 s per measurement")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="where the JSON lines go")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="where the results go")
+    parser.add_argument("--stream-concurrency", type=int, default=512, help="paced streams in flight")
     args = parser.parse_args(argv)
     seconds, warmup = (2.0, 0.5) if args.quick else (8.0, 1.0)
     exe = ensure_litellm()
@@ -166,25 +172,52 @@ def main(argv: list[str] | None = None) -> int:
             }
             pids = {"sluice": sluice.pid, "litellm": litellm.pid, "emulator": emu_pid}
             runs: dict[tuple[str, int], list[Load]] = {}
+            streams: dict[str, list[Streams]] = {}
+            ttfb: dict[str, list[float]] = {}
             for r in range(args.rounds):
                 for conns in (1, 64):
                     for name, target in targets.items():
                         print(f"• c={conns} {name} (round {r + 1} of {args.rounds}) …", flush=True)
                         meter = Meter(pids)
-                        t = Target(target.name, target.url, target.bearer, target.model)
-                        load = run_async(aiohttp_load(t, body, conns, warmup, seconds, meter))
+                        load = run_async(aiohttp_load(target, body, conns, warmup, seconds, meter))
                         load.usage = meter.usage
                         runs.setdefault((name, conns), []).append(load)
+                for name, target in targets.items():
+                    print(f"• paced streams c={args.stream_concurrency} and TTFB, {name} …", flush=True)
+                    paced = [chat_body(target.model, stream=True, directive=PACE_SPEC)]
+                    meter = Meter(pids)
+                    run = run_async(
+                        paced_streams(target, paced, args.stream_concurrency, warmup, seconds, meter)
+                    )
+                    run.usage = meter.usage
+                    streams.setdefault(name, []).append(run)
+                    ttfb.setdefault(name, []).append(run_async(first_byte_us(target, 50)))
             facts = {
                 "sluice": {"rss_mb": peak_rss_mib(sluice.pid), "start_s": sluice_start,
                            "installed_mb": installed_mib(Path(sys.executable), "sluice")},
                 "litellm": {"rss_mb": peak_rss_mib(litellm.pid), "start_s": ll_start,
                             "installed_mb": installed_mib(VENV / "bin" / "python", "litellm")},
             }  # fmt: skip
-            report(runs, facts, args.out)
+            report(runs, streams, ttfb, facts, args.out)
         finally:
             procs.stop_all()
     return 0
+
+
+async def first_byte_us(target: Target, n: int) -> float:
+    """Median time to the first body byte of ``n`` sequential streams (2 ms pacing), after 10 warm-ups."""
+    body = chat_body(target.model, stream=True, directive="pace_ms=2 tokens=20")
+    seen: list[float] = []
+    async with aiohttp.ClientSession(headers=target.headers) as session:
+        for i in range(n + 10):
+            t = time.perf_counter()
+            async with session.post(target.url, data=body) as resp:
+                await resp.content.readany()
+                first = time.perf_counter() - t
+                await resp.read()
+            if i >= 10 and resp.status == 200:
+                seen.append(first * 1e6)
+    return statistics.median(seen) if seen else 0.0
 
 
 def _free() -> int:
@@ -193,11 +226,28 @@ def _free() -> int:
     return free_port()
 
 
+def _stream_value(run: Streams, party: str, what: str) -> float:
+    if what == "per_s":
+        return run.per_s
+    if what == "bad":  # non-200, a transport error or timeout, or no [DONE]
+        return float(run.bad)
+    if what == "p99_ms":
+        ranked = sorted(run.durations_ms)
+        return ranked[min(len(ranked) - 1, int(0.99 * len(ranked)))] if ranked else 0.0
+    return 1e6 * run.usage.cpu_s.get(party, 0.0) / run.completed if run.completed else 0.0
+
+
 def _cpu_us(load: Load, party: str) -> float:
     return 1e6 * load.usage.cpu_s.get(party, 0.0) / load.ok if load.ok else 0.0
 
 
-def report(runs: dict[tuple[str, int], list[Load]], facts: dict[str, dict[str, float]], out: Path) -> None:
+def report(
+    runs: dict[tuple[str, int], list[Load]],
+    streams: dict[str, list[Streams]],
+    ttfb: dict[str, list[float]],
+    facts: dict[str, dict[str, float]],
+    out: Path,
+) -> None:
     rows: list[dict[str, object]] = []
 
     def med(name: str, conns: int, what: str) -> float:
@@ -206,12 +256,22 @@ def report(runs: dict[tuple[str, int], list[Load]], facts: dict[str, dict[str, f
         rows.append({"target": name, "conns": conns, "metric": what, "rounds": values})
         return statistics.median(values)
 
+    def smed(name: str, what: str) -> float:
+        values = [_stream_value(run, name, what) for run in streams[name]]
+        rows.append({"target": name, "conns": "streams", "metric": what, "rounds": values})
+        return statistics.median(values)
+
     table = {
         name: {
             "c1_p50_us": med(name, 1, "p50_us"),
             "c1_p99_us": med(name, 1, "p99_us"),
             "c64_rps": med(name, 64, "rps"),
             "c64_cpu_us": med(name, 64, "cpu_us") if name != "direct" else 0.0,
+            "streams_per_s": smed(name, "per_s"),
+            "stream_p99_ms": smed(name, "p99_ms"),
+            "stream_cpu_us": smed(name, "cpu_us") if name != "direct" else 0.0,
+            "ttfb_us": statistics.median(ttfb[name]),
+            "bad_streams": smed(name, "bad"),
         }
         for name in ("direct", "sluice", "litellm")
     }
@@ -240,6 +300,11 @@ def report(runs: dict[tuple[str, int], list[Load]], facts: dict[str, dict[str, f
         ("c=1 p99 (µs)", d["c1_p99_us"], s["c1_p99_us"], ll["c1_p99_us"]),
         ("c=64 req/s", d["c64_rps"], s["c64_rps"], ll["c64_rps"]),
         ("CPU per request at c=64 (µs)", None, s["c64_cpu_us"], ll["c64_cpu_us"]),
+        ("paced streams/s", d["streams_per_s"], s["streams_per_s"], ll["streams_per_s"]),
+        ("stream duration p99 (ms)", d["stream_p99_ms"], s["stream_p99_ms"], ll["stream_p99_ms"]),
+        ("CPU per stream (µs)", None, s["stream_cpu_us"], ll["stream_cpu_us"]),
+        ("failed streams (a round)", d["bad_streams"], s["bad_streams"], ll["bad_streams"]),
+        ("time to first byte, c=1 (µs)", d["ttfb_us"], s["ttfb_us"], ll["ttfb_us"]),
         ("peak RSS (MB)", None, fs["rss_mb"], fl["rss_mb"]),
         ("start to first answer (s)", None, fs["start_s"], fl["start_s"]),
         ("installed size, with what it needs (MB)", None, fs["installed_mb"], fl["installed_mb"]),
@@ -249,6 +314,34 @@ def report(runs: dict[tuple[str, int], list[Load]], facts: dict[str, dict[str, f
         digits = 2 if label.startswith("start") else 0
         ratio = f"{ours / theirs:.2f}x" if theirs else "-"
         print(f"| {label} | {shown} | {ours:,.{digits}f} | {theirs:,.{digits}f} | {ratio} |")
+    chart(table, facts, path.with_suffix(".png"))
+    print(f"\nchart: {path.with_suffix('.png')}")
+
+
+def chart(table: dict[str, dict[str, float]], facts: dict[str, dict[str, float]], path: Path) -> None:
+    """Four panels: throughput, added latency, CPU per request and peak memory, Sluice beside LiteLLM."""
+    import matplotlib as mpl  # noqa: PLC0415 - only the report needs it
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    direct = table["direct"]["c1_p50_us"]
+    panels = [
+        ("non-stream req/s, c=64 (higher is better)", [table[n]["c64_rps"] for n in ("sluice", "litellm")]),
+        ("added p50 latency, c=1, µs", [table[n]["c1_p50_us"] - direct for n in ("sluice", "litellm")]),
+        ("CPU per request, µs", [table[n]["c64_cpu_us"] for n in ("sluice", "litellm")]),
+        ("peak RSS, MB", [facts[n]["rss_mb"] for n in ("sluice", "litellm")]),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.6))
+    for ax, (title, values) in zip(axes, panels, strict=True):
+        bars = ax.bar(["Sluice", f"LiteLLM {LITELLM_VERSION}"], values, color=["#2da44e", "#8c959f"])
+        ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values])
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle("Sluice and LiteLLM, one worker pinned to one core, same emulator, same run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
