@@ -1,8 +1,8 @@
 """Sluice against LiteLLM's proxy, side by side in one run (first part of the comparison: non-stream
 latency and throughput, CPU per request, peak RSS, cold start, installed size).
 
-    .venv/bin/python bench/litellm.py            # installs LiteLLM in bench/.litellm-venv once
-    .venv/bin/python bench/litellm.py --quick    # ~2 s per measurement
+    .venv/bin/python bench/vs_litellm.py          # installs LiteLLM in bench/.litellm-venv once
+    .venv/bin/python bench/vs_litellm.py --quick  # ~2 s per measurement
 
 Both proxies run one worker pinned to core 1 (one at a time under load; the other idles), the emulator
 and the load generator on core 0, against the same emulator model. LiteLLM ``1.103.7`` (``litellm[proxy]``;
