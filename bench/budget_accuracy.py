@@ -31,8 +31,6 @@ import aiohttp
 from overhead import (
     ALIAS,
     CHAT_PATH_SLUICE,
-    EMU_KEY,
-    UPSTREAM_MODEL,
     Processes,
     count_ledger,
     create_key,
@@ -41,7 +39,7 @@ from overhead import (
     start_sluice,
     write_config,
 )
-from vs_litellm import MASTER_KEY, ensure_litellm, start_litellm
+from vs_litellm import MASTER_KEY, ensure_litellm, litellm_config, start_litellm
 
 CAP = Decimal("1.00")
 REQUESTS = 1_000
@@ -84,24 +82,6 @@ async def burst(url: str, bearer: str, cost_header: str) -> tuple[int, Decimal, 
     return served, spent, statuses
 
 
-def litellm_budget_config(work: Path, emu_port: int) -> Path:
-    path = work / "litellm-budget.yaml"
-    path.write_text(
-        "model_list:\n"
-        f"  - model_name: {ALIAS}\n"
-        "    litellm_params:\n"
-        f"      model: openai/{UPSTREAM_MODEL}\n"
-        f"      api_base: http://127.0.0.1:{emu_port}/openai/v1\n"
-        f"      api_key: {EMU_KEY}\n"
-        f"      max_budget: {CAP}\n"
-        "      budget_duration: 1d\n"
-        "litellm_settings: {drop_params: true, num_retries: 0}\n"
-        "router_settings: {disable_cooldowns: true}\n"
-        f"general_settings: {{master_key: {MASTER_KEY}}}\n"
-    )
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -124,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = ledger[0] if ledger else 0
             results["sluice"] = _result(served, spent, statuses, missing=max(served - rows, 0), log=True)
             ll_port = free_port()
-            start_litellm(procs, exe, litellm_budget_config(work, emu_port), ll_port)
+            start_litellm(procs, exe, litellm_config(work, emu_port, str(CAP)), ll_port)
             print("• LiteLLM: 1,000 requests at once against a $1.00 deployment budget …", flush=True)
             url = f"http://127.0.0.1:{ll_port}{CHAT_PATH_SLUICE}"
             served, spent, statuses = asyncio.run(burst(url, MASTER_KEY, "x-litellm-response-cost"))

@@ -97,8 +97,11 @@ def installed_mib(python: Path, package: str) -> float:
     return int(done.stdout.strip()) / 2**20
 
 
-def litellm_config(work: Path, emu_port: int) -> Path:
+def litellm_config(work: Path, emu_port: int, budget_usd: str | None = None) -> Path:
+    """LiteLLM's config: the emulator's model under the bench alias (with ``budget_usd``, the router's
+    daily budget on that deployment: what it enforces without a database)."""
     path = work / "litellm.yaml"
+    budget = f"      max_budget: {budget_usd}\n      budget_duration: 1d\n" if budget_usd else ""
     path.write_text(
         "model_list:\n"
         f"  - model_name: {ALIAS}\n"
@@ -106,6 +109,7 @@ def litellm_config(work: Path, emu_port: int) -> Path:
         f"      model: openai/{UPSTREAM_MODEL}\n"
         f"      api_base: http://127.0.0.1:{emu_port}/openai/v1\n"
         f"      api_key: {EMU_KEY}\n"
+        f"{budget}"
         "litellm_settings: {drop_params: true, num_retries: 0}\n"
         "router_settings: {disable_cooldowns: true}\n"
         f"general_settings: {{master_key: {MASTER_KEY}}}\n"
