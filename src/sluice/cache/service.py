@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from sluice.cache import policy
@@ -92,7 +91,3 @@ class ResponseCache:
             self._metrics.count("cache", alias, "stored")
         except Exception:  # the answer was served; only the saving is lost
             log.warning("cache store failed", exc_info=True)
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
