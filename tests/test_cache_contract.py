@@ -224,7 +224,7 @@ def test_redis_keys_are_prefixed_and_expire_with_px(redis_url: str) -> None:
 def test_sqlite_sweeps_expired_rows_now_and_then(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "cache.db"
     clock = [time.time_ns() // 1000]
-    monkeypatch.setattr(backends, "_now_us", lambda: clock[0])
+    monkeypatch.setattr(backends, "wall_clock_us", lambda: clock[0])
 
     async def main() -> None:
         cache = SQLiteCache(path)

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
 
+from sluice.ledger.entry import wall_clock_us
 from sluice.store.redis_pool import bounded_client
 
 _PREFIX = "sluice:cache:"
@@ -98,13 +99,13 @@ class SQLiteCache:
 
     async def get(self, key: str) -> bytes | None:
         rows = await asyncio.to_thread(
-            self._run, "SELECT value FROM cache WHERE key = ? AND expires_us > ?", (key, _now_us())
+            self._run, "SELECT value FROM cache WHERE key = ? AND expires_us > ?", (key, wall_clock_us())
         )
         value = rows[0][0] if rows else None
         return value if isinstance(value, bytes) else None
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
-        now = _now_us()
+        now = wall_clock_us()
         await asyncio.to_thread(
             self._run,
             "INSERT OR REPLACE INTO cache (key, value, expires_us) VALUES (?, ?, ?)",
@@ -140,7 +141,3 @@ class RedisCache:
 
     async def close(self) -> None:
         await self._redis.aclose(close_connection_pool=True)  # a pool passed in is not closed otherwise
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000

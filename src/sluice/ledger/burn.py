@@ -15,7 +15,7 @@ from typing import Any
 
 from sluice.ledger.entry import TOKEN_COLUMNS
 from sluice.pricing.usage import TokenUsage
-from sluice.routing.table import Deployment, Route
+from sluice.routing.table import Route, each_deployment
 from sluice.smoke.report import FEATURE as SMOKE_FEATURE
 
 UNTAGGED = "(untagged)"
@@ -107,24 +107,12 @@ def workflows(rows: Iterable[Sequence[Any]], top: int) -> list[Workflow]:
     return ranked[:top]
 
 
-def deployments(routes: Mapping[str, Route], mode: str) -> list[tuple[Route, Deployment]]:
-    """Each configured deployment of a mode once, with the first alias serving it."""
-    seen: set[str] = set()
-    out = []
-    for route in routes.values():
-        if route.mode != mode:
-            continue
-        for dep in route.deployments:
-            if dep.id not in seen:
-                seen.add(dep.id)
-                out.append((route, dep))
-    return out
-
-
 def price(flow: Workflow, routes: Mapping[str, Route], window_us: int) -> list[Priced]:
     """The workflow priced on every deployment of its mode, cheapest first (unpriced last)."""
     out = []
-    for route, dep in deployments(routes, flow.mode):
+    for route, dep in each_deployment(routes):
+        if route.mode != flow.mode:
+            continue
         total: int | None = None
         if dep.pricer.chargeable:
             total = sum(dep.pricer.charge(r.usage, r.ts_us).nanos for r in flow.requests)

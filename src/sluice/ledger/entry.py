@@ -253,3 +253,10 @@ def usd_text(nanos: int) -> str:
     whole, frac = divmod(abs(nanos), 1_000_000_000)
     digits = f"{frac:09d}".rstrip("0")
     return f"{sign}{whole}.{digits or '0'}"
+
+
+def usd_short(nanos: int) -> str:
+    """The same without a trailing ``.0``: ``0``, ``5``, ``0.00015`` (reports, where whole dollars read
+    better bare)."""
+    text = usd_text(nanos)
+    return text[:-2] if text.endswith(".0") else text

@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+from sluice.ledger.entry import usd_short
 from sluice.providers.presets import PRESETS, Plan, Tier
 from sluice.settings import LimitSettings, PeriodAmounts, ProviderSettings
 
@@ -152,7 +153,7 @@ class Runway:
 
 
 def _usd(nanos: int | None) -> str | None:
-    return None if nanos is None else str(Decimal(nanos).scaleb(-9).normalize())
+    return None if nanos is None else usd_short(nanos)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
@@ -116,3 +116,13 @@ def build_routes(
             model.name, model.mode, tuple(deps), deps[0].target.preset, model.strategy, ratio
         )
     return routes
+
+
+def each_deployment(routes: Mapping[str, Route]) -> Iterator[tuple[Route, Deployment]]:
+    """Every deployment once, with the first alias that serves it (a deployment may serve several)."""
+    seen: set[str] = set()
+    for route in routes.values():
+        for dep in route.deployments:
+            if dep.id not in seen:
+                seen.add(dep.id)
+                yield route, dep

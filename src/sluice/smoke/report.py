@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sluice.ledger.entry import usd_short
+
+usd = usd_short  # money in reports: nano-dollars as a short decimal USD string, exact
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 FEATURE = "sluice-smoke"  # the feature of a smoke run's ledger rows (not a workflow of the product)
 RUN_SCOPE = "smoke"  # the kind of a run's own cap scope (not a budget to alert on)
@@ -142,14 +145,6 @@ class RunReport:
             ]
             run.deployments.append(rep)
         return run
-
-
-def usd(nanos: int) -> str:
-    """Nano-dollars as a decimal USD string (``0.000123``), exact."""
-    sign = "-" if nanos < 0 else ""
-    whole, frac = divmod(abs(nanos), 1_000_000_000)
-    text = f"{whole}.{frac:09d}".rstrip("0").rstrip(".")
-    return sign + text
 
 
 @dataclass(frozen=True, slots=True)

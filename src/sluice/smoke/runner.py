@@ -24,7 +24,7 @@ from sluice.errors import BudgetExceeded, LimitReached, ModelUnpriced, SluiceErr
 from sluice.ledger.entry import ERROR, INTERRUPTED, OK, Entry
 from sluice.limits.spec import USD, Limit, Scope
 from sluice.providers.base import UpstreamCall
-from sluice.routing.table import Deployment, Route
+from sluice.routing.table import Deployment, Route, each_deployment
 from sluice.settings import SmokeSettings
 from sluice.smoke import checks
 from sluice.smoke.checks import Outcome
@@ -62,18 +62,14 @@ class Capped(Exception):
 def select(routes: Mapping[str, Route], patterns: Sequence[str]) -> list[tuple[Route, Deployment]]:
     """Each deployment once (with the first alias that serves it), those matching any pattern — an
     alias, a provider, or ``provider/model``, globs allowed — or all of them."""
-    seen: set[str] = set()
-    out: list[tuple[Route, Deployment]] = []
-    for route in routes.values():
-        for dep in route.deployments:
-            if dep.id in seen:
-                continue
-            names = (route.alias, dep.target.provider, dep.id)
-            if patterns and not any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns):
-                continue
-            seen.add(dep.id)
-            out.append((route, dep))
-    return out
+    return [
+        (route, dep)
+        for route, dep in each_deployment(routes)
+        if not patterns
+        or any(
+            fnmatch.fnmatchcase(n, p) for n in (route.alias, dep.target.provider, dep.id) for p in patterns
+        )
+    ]
 
 
 class SmokeRunner:
