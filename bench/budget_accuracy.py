@@ -13,7 +13,9 @@ What each can enforce here: Sluice, a virtual key with ``limits.usd.total: 1.00`
 SQLite ledger, in-process counters). LiteLLM cannot start its database offline (its Prisma client
 downloads query engines at start-up), so it has no virtual keys and no spend log; its proxy-wide
 ``max_budget`` is not enforced without one. What it enforces offline is the router's per-deployment
-budget (``max_budget`` with ``budget_duration`` in ``litellm_params``), which is what is measured.
+budget (``max_budget`` with ``budget_duration`` in ``litellm_params``), which is measured; so is the
+proxy-wide ``litellm_settings.max_budget``, to show it is not enforced. ``--sluice-only --requests 40
+--cap 0.03`` is the test suite's smoke run.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import json
 import sys
 import tempfile
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -44,6 +47,11 @@ from vs_litellm import MASTER_KEY, ensure_litellm, litellm_config, start_litellm
 CAP = Decimal("1.00")
 REQUESTS = 1_000
 TOKENS = 2_000
+ENFORCED = {
+    "sluice": "key `limits.usd.total`",
+    "litellm": "deployment `max_budget` (router)",
+    "litellm_proxy": "proxy-wide `litellm_settings.max_budget`",
+}
 
 
 def body() -> bytes:
@@ -56,13 +64,13 @@ def body() -> bytes:
     ).encode()
 
 
-async def burst(url: str, bearer: str, cost_header: str) -> tuple[int, Decimal, dict[int, int]]:
-    """Send REQUESTS at once; (served, the sum of their cost headers, count per status)."""
+async def burst(url: str, bearer: str, cost_header: str, n: int) -> tuple[int, Decimal, dict[int, int]]:
+    """Send ``n`` requests at once; (served, the sum of their cost headers, count per status)."""
     statuses: dict[int, int] = {}
     spent = Decimal(0)
     served = 0
     headers = {"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=REQUESTS)
+    connector = aiohttp.TCPConnector(limit=n)
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout) as session:
 
@@ -78,7 +86,7 @@ async def burst(url: str, bearer: str, cost_header: str) -> tuple[int, Decimal, 
             except (aiohttp.ClientError, TimeoutError):
                 statuses[0] = statuses.get(0, 0) + 1
 
-        await asyncio.gather(*(one() for _ in range(REQUESTS)))
+        await asyncio.gather(*(one() for _ in range(n)))
     return served, spent, statuses
 
 
@@ -86,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.parse_args(argv)
-    exe = ensure_litellm()
+    parser.add_argument("--requests", type=int, default=REQUESTS, help="sent at once (default 1,000)")
+    parser.add_argument("--cap", type=Decimal, default=CAP, help="USD (default 1.00)")
+    parser.add_argument("--sluice-only", action="store_true", help="skip LiteLLM (the test suite's smoke)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="where the JSON goes")
+    args = parser.parse_args(argv)
+    cap: Decimal = args.cap
+    exe = None if args.sluice_only else ensure_litellm()
     results: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory(prefix="sluice-budget-accuracy-") as tmp:
         work = Path(tmp)
@@ -95,49 +108,62 @@ def main(argv: list[str] | None = None) -> int:
         try:
             emu_port, _ = start_emulator(procs, "emulator", None)
             data = work / "data"
-            port, _ = start_sluice(procs, "sluice", write_config(work, emu_port), data, None)
-            secret, _key_id = create_key(port, {"name": "capped", "limits": {"usd": {"total": str(CAP)}}})
-            print("• Sluice: 1,000 requests at once against a $1.00 key cap …", flush=True)
+            port, sluice = start_sluice(procs, "sluice", write_config(work, emu_port), data, None)
+            secret, _key_id = create_key(port, {"name": "capped", "limits": {"usd": {"total": str(cap)}}})
+            print(f"• Sluice: {args.requests:,} requests at once against a ${cap} key cap …", flush=True)
             url = f"http://127.0.0.1:{port}{CHAT_PATH_SLUICE}"
-            served, spent, statuses = asyncio.run(burst(url, secret, "x-sluice-cost-usd"))
+            served, spent, statuses = asyncio.run(burst(url, secret, "x-sluice-cost-usd", args.requests))
+            procs.stop(sluice)  # a graceful stop commits the ledger's queue
             ledger = count_ledger(data / "sluice.db")
-            rows = ledger[0] if ledger else 0
-            results["sluice"] = _result(served, spent, statuses, missing=max(served - rows, 0), log=True)
-            ll_port = free_port()
-            start_litellm(procs, exe, litellm_config(work, emu_port, str(CAP)), ll_port)
-            print("• LiteLLM: 1,000 requests at once against a $1.00 deployment budget …", flush=True)
-            url = f"http://127.0.0.1:{ll_port}{CHAT_PATH_SLUICE}"
-            served, spent, statuses = asyncio.run(burst(url, MASTER_KEY, "x-litellm-response-cost"))
-            results["litellm"] = _result(served, spent, statuses, missing=served, log=False)
+            answered = ledger[1] if ledger else 0
+            results["sluice"] = _result(
+                served, spent, statuses, cap, missing=max(served - answered, 0), log=True
+            )
+            if exe is not None:
+                for name, config in (
+                    ("litellm", litellm_config(work, emu_port, budget_usd=str(cap))),
+                    ("litellm_proxy", litellm_config(work, emu_port, proxy_budget_usd=str(cap))),
+                ):
+                    ll_port = free_port()
+                    proxy, _ = start_litellm(procs, exe, config, ll_port, cpu=None)
+                    print(f"• LiteLLM ({ENFORCED[name]}): {args.requests:,} requests at once …", flush=True)
+                    url = f"http://127.0.0.1:{ll_port}{CHAT_PATH_SLUICE}"
+                    served, spent, statuses = asyncio.run(
+                        burst(url, MASTER_KEY, "x-litellm-response-cost", args.requests)
+                    )
+                    results[name] = _result(served, spent, statuses, cap, missing=served, log=False)
+                    procs.stop(proxy)
         finally:
             procs.stop_all()
-    print(f"\nBudget accuracy: a ${CAP} cap, {REQUESTS:,} concurrent requests of ~$0.0012 each\n")
+    print(f"\nBudget accuracy: a ${cap} cap, {args.requests:,} concurrent requests of ~$0.0012 each\n")
     print(
         "| proxy | enforced by | served | refused | spent (USD) | overshoot (USD) | spent / cap "
         "| missing from spend log |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for name, how in (("sluice", "key `limits.usd.total`"), ("litellm", "deployment `max_budget`")):
-        r = results[name]
+    for name, r in results.items():
         print(
-            f"| {name} | {how} | {r['served']:,} | {r['refused']:,} | {r['spent']} | {r['overshoot']} | "
-            f"{r['multiple']} | {r['missing']} |"
+            f"| {name} | {ENFORCED[name]} | {r['served']:,} | {r['refused']:,} | {r['spent']} | "
+            f"{r['overshoot']} | {r['multiple']} | {r['missing']} |"
         )
-    print(json.dumps(results, default=str))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / time.strftime("budget-accuracy-%Y%m%dT%H%M%SZ.json", time.gmtime())
+    path.write_text(json.dumps({"cap": str(cap), "requests": args.requests, "results": results}, default=str))
+    print(f"\nJSON: {path}")
     return 0
 
 
 def _result(
-    served: int, spent: Decimal, statuses: dict[int, int], *, missing: int, log: bool
+    served: int, spent: Decimal, statuses: dict[int, int], cap: Decimal, *, missing: int, log: bool
 ) -> dict[str, object]:
-    overshoot = max(spent - CAP, Decimal(0))
+    overshoot = max(spent - cap, Decimal(0))
     return {
         "served": served,
         "refused": sum(n for s, n in statuses.items() if s != 200),
         "statuses": statuses,
         "spent": str(spent.quantize(Decimal("0.000001"))),
         "overshoot": str(overshoot.quantize(Decimal("0.000001"))),
-        "multiple": f"{spent / CAP:.3f}",
+        "multiple": f"{spent / cap:.3f}",
         "missing": f"{missing:,}" if log else f"{missing:,} (no spend log without a database)",
     }
 

@@ -358,6 +358,10 @@ class Processes:
                 os.sched_setaffinity(proc.pid, {cpu})
         return proc, log
 
+    def by_pid(self, pid: int) -> subprocess.Popen[bytes]:
+        """The child process with this pid."""
+        return next(p for p in self._procs if p.pid == pid)
+
     def stop(self, proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:
             proc.terminate()

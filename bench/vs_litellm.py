@@ -1,59 +1,71 @@
-"""Sluice against LiteLLM's proxy, side by side in one run (first part of the comparison: non-stream
-latency and throughput, CPU per request, peak RSS, cold start, installed size).
+"""Sluice against LiteLLM's proxy, side by side in one run: non-stream latency and throughput, CPU per
+request, paced streams, time to first byte, peak RSS, cold start and installed size.
 
-    .venv/bin/python bench/vs_litellm.py          # installs LiteLLM in bench/.litellm-venv once
-    .venv/bin/python bench/vs_litellm.py --quick  # ~2 s per measurement
+    .venv/bin/python bench/vs_litellm.py                  # installs LiteLLM in bench/.litellm-venv once
+    .venv/bin/python bench/vs_litellm.py --quick          # ~2 s per measurement
+    .venv/bin/python bench/vs_litellm.py --profile        # also py-spy profiles of both (bench/results/)
+    .venv/bin/python bench/vs_litellm.py --compare bench/results/litellm-<earlier>.jsonl
+    .venv/bin/python bench/vs_litellm.py --smoke --against bare   # seconds, no LiteLLM: the test suite's
 
-Both proxies run one worker pinned to core 1 (one at a time under load; the other idles), the emulator
-and the load generator on core 0, against the same emulator model. LiteLLM ``1.103.7`` (``litellm[proxy]``;
-1.109.x does not install here), configured as its docs recommend for production without a database (it
-cannot start one offline): a master key, ``LITELLM_LOCAL_MODEL_COST_MAP=True`` so it never fetches prices,
-``disable_cooldowns`` so it is not penalised by its own defaults, ``num_retries: 0``. Sluice runs its
-defaults (SQLite ledger on, pricing on). Rounds alternate Sluice and LiteLLM; medians are reported with
-every round, as JSON lines and a Markdown table with ratios (Sluice ÷ LiteLLM, each ÷ direct).
+Each round starts both proxies afresh (one worker each, pinned to core 1; the one not under load idles),
+measures every workload on direct (the emulator), Sluice with a capped virtual key and per-user quotas
+(budgets and ledger on), Sluice with a virtual key without limits (ledger on, no budgets) and LiteLLM,
+reads each server's peak RSS, and stops them. The emulator and the load generator share core 0.
+LiteLLM ``1.103.7`` (``litellm[proxy]``; 1.109.x does not install here) runs as its docs recommend for
+production without a database (it cannot start one offline): a master key, ``LITELLM_LOCAL_MODEL_COST_MAP``
+so it never fetches prices, ``disable_cooldowns``, ``num_retries: 0``. Medians are reported with the
+spread of the rounds, as JSON lines, a Markdown table with ratios and a PNG chart (bench/vs_report.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
 from overhead import (
-    ADMIN_KEY,
     ALIAS,
+    BENCH_USERS,
+    CAPPED_KEY,
     CHAT_PATH_DIRECT,
     CHAT_PATH_SLUICE,
     EMU_KEY,
+    OPEN_KEY,
     PACE_SPEC,
     UPSTREAM_MODEL,
-    Load,
     Meter,
     Processes,
-    Streams,
     Target,
     aiohttp_load,
+    chat_bodies,
     chat_body,
+    create_key,
+    free_port,
     http_request,
     paced_streams,
     peak_rss_mib,
     run_async,
+    start_bare,
     start_emulator,
     start_sluice,
     write_config,
 )
+from vs_report import Facts, Round, report
 
 LITELLM_VERSION = "1.103.7"
 VENV = Path(os.environ.get("BENCH_LITELLM_VENV") or Path(__file__).resolve().with_name(".litellm-venv"))
 MASTER_KEY = "sk-bench-litellm-master"
+SERVER_CORE = 1  # the proxies; the emulator and the load generator run on core 0
+LOAD_CORE = 0
 
 
 def ensure_litellm() -> Path:
@@ -61,10 +73,27 @@ def ensure_litellm() -> Path:
     exe = VENV / "bin" / "litellm"
     if not exe.exists():
         print(f"• installing litellm[proxy]=={LITELLM_VERSION} into {VENV} …", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        subprocess.run([*pip, f"litellm[proxy]=={LITELLM_VERSION}"], check=True)
+        _venv_install(f"litellm[proxy]=={LITELLM_VERSION}")
     return exe
+
+
+def ensure_pyspy() -> Path:
+    """py-spy (for ``--profile``): on the PATH, or installed once into the benchmark's venv."""
+    found = shutil.which("py-spy")
+    if found:
+        return Path(found)
+    exe = VENV / "bin" / "py-spy"
+    if not exe.exists():
+        print(f"• installing py-spy into {VENV} …", flush=True)
+        _venv_install("py-spy")
+    return exe
+
+
+def _venv_install(requirement: str) -> None:
+    if not (VENV / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, requirement], check=True)
 
 
 _SIZE = """
@@ -97,11 +126,15 @@ def installed_mib(python: Path, package: str) -> float:
     return int(done.stdout.strip()) / 2**20
 
 
-def litellm_config(work: Path, emu_port: int, budget_usd: str | None = None) -> Path:
-    """LiteLLM's config: the emulator's model under the bench alias (with ``budget_usd``, the router's
-    daily budget on that deployment: what it enforces without a database)."""
+def litellm_config(
+    work: Path, emu_port: int, budget_usd: str | None = None, proxy_budget_usd: str | None = None
+) -> Path:
+    """LiteLLM's config: the emulator's model under the bench alias. ``budget_usd``: the router's daily
+    budget on that deployment (what it enforces without a database); ``proxy_budget_usd``: the proxy-wide
+    ``litellm_settings.max_budget`` (which it does not enforce without one)."""
     path = work / "litellm.yaml"
     budget = f"      max_budget: {budget_usd}\n      budget_duration: 1d\n" if budget_usd else ""
+    proxy_budget = f", max_budget: {proxy_budget_usd}" if proxy_budget_usd else ""
     path.write_text(
         "model_list:\n"
         f"  - model_name: {ALIAS}\n"
@@ -110,7 +143,7 @@ def litellm_config(work: Path, emu_port: int, budget_usd: str | None = None) -> 
         f"      api_base: http://127.0.0.1:{emu_port}/openai/v1\n"
         f"      api_key: {EMU_KEY}\n"
         f"{budget}"
-        "litellm_settings: {drop_params: true, num_retries: 0}\n"
+        f"litellm_settings: {{drop_params: true, num_retries: 0{proxy_budget}}}\n"
         "router_settings: {disable_cooldowns: true}\n"
         f"general_settings: {{master_key: {MASTER_KEY}}}\n"
     )
@@ -118,13 +151,13 @@ def litellm_config(work: Path, emu_port: int, budget_usd: str | None = None) -> 
 
 
 def start_litellm(
-    procs: Processes, exe: Path, config: Path, port: int
+    procs: Processes, exe: Path, config: Path, port: int, cpu: int | None = SERVER_CORE
 ) -> tuple[subprocess.Popen[bytes], float]:
     """Start the proxy; returns it and the seconds from spawn to its first successful answer."""
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
     argv = [str(exe), "--config", str(config), "--port", str(port), "--num_workers", "1"]
     t0 = time.monotonic()
-    proc, log = procs.start("litellm", argv, 1, env)
+    proc, log = procs.start("litellm", argv, cpu, env)
     headers = {"Authorization": f"Bearer {MASTER_KEY}", "Content-Type": "application/json"}
     while time.monotonic() - t0 < 120:
         try:
@@ -139,213 +172,222 @@ def start_litellm(
     raise SystemExit(f"LiteLLM never answered; log:\n{log.read_text()[-2000:]}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="~2 s per measurement")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="where the results go")
-    parser.add_argument("--stream-concurrency", type=int, default=512, help="paced streams in flight")
-    args = parser.parse_args(argv)
-    seconds, warmup = (2.0, 0.5) if args.quick else (8.0, 1.0)
-    exe = ensure_litellm()
-    body = [chat_body(ALIAS)]
-    with tempfile.TemporaryDirectory(prefix="sluice-vs-litellm-") as tmp:
-        work = Path(tmp)
-        procs = Processes(work)
-        try:
-            emu_port, emu_pid = start_emulator(procs, "emulator", 0)
-            t0 = time.monotonic()
-            sluice_port, sluice = start_sluice(
-                procs, "sluice", write_config(work, emu_port), work / "data", 1
-            )
-            sluice_start = time.monotonic() - t0
-            ll_port = int(os.environ.get("BENCH_LITELLM_PORT", "0")) or _free()
-            litellm, ll_start = start_litellm(procs, exe, litellm_config(work, emu_port), ll_port)
-            targets = {
-                "direct": Target(
-                    "direct", f"http://127.0.0.1:{emu_port}{CHAT_PATH_DIRECT}", EMU_KEY, UPSTREAM_MODEL
-                ),
-                "sluice": Target(
-                    "sluice", f"http://127.0.0.1:{sluice_port}{CHAT_PATH_SLUICE}", ADMIN_KEY, ALIAS
-                ),
-                "litellm": Target(
-                    "litellm", f"http://127.0.0.1:{ll_port}{CHAT_PATH_SLUICE}", MASTER_KEY, ALIAS
-                ),
-            }
-            pids = {"sluice": sluice.pid, "litellm": litellm.pid, "emulator": emu_pid}
-            runs: dict[tuple[str, int], list[Load]] = {}
-            streams: dict[str, list[Streams]] = {}
-            ttfb: dict[str, list[float]] = {}
-            for r in range(args.rounds):
-                for conns in (1, 64):
-                    for name, target in targets.items():
-                        print(f"• c={conns} {name} (round {r + 1} of {args.rounds}) …", flush=True)
-                        meter = Meter(pids)
-                        load = run_async(aiohttp_load(target, body, conns, warmup, seconds, meter))
-                        load.usage = meter.usage
-                        runs.setdefault((name, conns), []).append(load)
-                for name, target in targets.items():
-                    print(f"• paced streams c={args.stream_concurrency} and TTFB, {name} …", flush=True)
-                    paced = [chat_body(target.model, stream=True, directive=PACE_SPEC)]
-                    meter = Meter(pids)
-                    run = run_async(
-                        paced_streams(target, paced, args.stream_concurrency, warmup, seconds, meter)
-                    )
-                    run.usage = meter.usage
-                    streams.setdefault(name, []).append(run)
-                    ttfb.setdefault(name, []).append(run_async(first_byte_us(target, 50)))
-            facts = {
-                "sluice": {"rss_mb": peak_rss_mib(sluice.pid), "start_s": sluice_start,
-                           "installed_mb": installed_mib(Path(sys.executable), "sluice")},
-                "litellm": {"rss_mb": peak_rss_mib(litellm.pid), "start_s": ll_start,
-                            "installed_mb": installed_mib(VENV / "bin" / "python", "litellm")},
-            }  # fmt: skip
-            report(runs, streams, ttfb, facts, args.out)
-        finally:
-            procs.stop_all()
-    return 0
+@dataclass(slots=True)
+class Plan:
+    """What one run measures, from the command line."""
+
+    rounds: int
+    seconds: float
+    warmup: float
+    streams: int  # paced streams in flight
+    ttfb_n: int  # sequential streams timed to their first byte
+    rival: str  # "litellm", or "bare" (the bare proxy: no LiteLLM, for the smoke test)
+    out: Path
+    profile: bool = False
+    compare: Path | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Servers:
+    """The two proxies of one round, with their targets."""
+
+    targets: dict[str, Target]
+    pids: dict[str, int]
+    procs: list[subprocess.Popen[bytes]]
+    facts: dict[str, Facts]
+
+
+def start_servers(procs: Processes, plan: Plan, work: Path, emu_port: int, r: int) -> Servers:
+    """Start Sluice (a fresh data directory) and the rival for round ``r``; time each to its first answer."""
+    t0 = time.monotonic()
+    config = write_config(work, emu_port)
+    port, sluice = start_sluice(procs, f"sluice-{r}", config, work / f"data-{r}", SERVER_CORE)
+    sluice_start = time.monotonic() - t0
+    capped, _ = create_key(port, CAPPED_KEY)
+    open_key, _ = create_key(port, OPEN_KEY)
+    url = f"http://127.0.0.1:{port}{CHAT_PATH_SLUICE}"
+    targets = {
+        "direct": Target("direct", f"http://127.0.0.1:{emu_port}{CHAT_PATH_DIRECT}", EMU_KEY, UPSTREAM_MODEL),
+        "sluice": Target("sluice", url, capped, ALIAS),
+        "sluice_open": Target("sluice_open", url, open_key, ALIAS, party="sluice"),
+    }
+    rival_port = free_port()
+    if plan.rival == "litellm":
+        exe = ensure_litellm()
+        rival, rival_start = start_litellm(procs, exe, litellm_config(work, emu_port), rival_port)
+        targets["litellm"] = Target(
+            "litellm", f"http://127.0.0.1:{rival_port}{CHAT_PATH_SLUICE}", MASTER_KEY, ALIAS
+        )
+    else:
+        t0 = time.monotonic()
+        rival_port, rival_pid = start_bare(procs, emu_port, SERVER_CORE)
+        rival_start = time.monotonic() - t0
+        rival = procs.by_pid(rival_pid)
+        targets["bare"] = Target(
+            "bare", f"http://127.0.0.1:{rival_port}{CHAT_PATH_SLUICE}", "x", UPSTREAM_MODEL
+        )
+    facts = {"sluice": Facts(start_s=sluice_start), plan.rival: Facts(start_s=rival_start)}
+    pids = {"sluice": sluice.pid, plan.rival: rival.pid}
+    return Servers(targets, pids, [sluice, rival], facts)
+
+
+def measure_round(plan: Plan, servers: Servers, emu_pid: int, r: int) -> Round:
+    """Every workload on every target, once."""
+    rnd = Round()
+    pids = {**servers.pids, "emulator": emu_pid}
+    for conns in (1, 64):
+        for name, target in servers.targets.items():
+            print(f"• round {r + 1} of {plan.rounds}: c={conns} {name} …", flush=True)
+            bodies = chat_bodies(target.model, BENCH_USERS)
+            meter = Meter(pids)
+            load = run_async(aiohttp_load(target, bodies, conns, plan.warmup, plan.seconds, meter))
+            load.usage = meter.usage
+            rnd.loads[(name, conns)] = load
+    for name, target in servers.targets.items():
+        print(
+            f"• round {r + 1} of {plan.rounds}: {plan.streams} paced streams and TTFB, {name} …", flush=True
+        )
+        paced = chat_bodies(target.model, BENCH_USERS, stream=True, directive=PACE_SPEC)
+        meter = Meter(pids)
+        run = run_async(paced_streams(target, paced, plan.streams, plan.warmup, plan.seconds, meter))
+        run.usage = meter.usage
+        rnd.streams[name] = run
+        rnd.ttfb_us[name] = run_async(first_byte_us(target, plan.ttfb_n))
+    for party, pid in servers.pids.items():
+        servers.facts[party].rss_mb = peak_rss_mib(pid)
+    rnd.facts = servers.facts
+    return rnd
+
+
+def profile(plan: Plan, servers: Servers, stamp: str) -> dict[str, Path]:
+    """py-spy on each proxy during an extra c=64 run (not a measured one: sampling slows the target)."""
+    spy = ensure_pyspy()
+    written: dict[str, Path] = {}
+    for party, name in (("sluice", "sluice"), (plan.rival, plan.rival)):
+        target = servers.targets[name]
+        raw = plan.out / f"profile-{party}-{stamp}.raw.txt"
+        seconds = max(int(plan.seconds), 3)
+        argv = [str(spy), "record", "-p", str(servers.pids[party]), "-d", str(seconds), "-r", "100"]
+        argv += ["--gil", "-F", "-f", "raw", "-o", str(raw)]
+        print(f"• profiling {party} (py-spy, {seconds} s at c=64) …", flush=True)
+        sampler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        bodies = chat_bodies(target.model, BENCH_USERS)
+        run_async(aiohttp_load(target, bodies, 64, 0.0, seconds + 1.0, Meter({})))
+        _, err = sampler.communicate(timeout=60)
+        if sampler.returncode != 0 or not raw.exists():
+            print(f"  py-spy failed ({sampler.returncode}): {err.decode(errors='replace')[-300:]}")
+            continue
+        summary = raw.with_name(f"profile-{party}-{stamp}.txt")
+        summary.write_text(summarize(raw.read_text(), party))
+        written[party] = summary
+    return written
+
+
+def summarize(collapsed: str, party: str, top: int = 40) -> str:
+    """The busiest functions of a py-spy collapsed profile: by own time, and with what they call."""
+    own: dict[str, int] = {}
+    under: dict[str, int] = {}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [f.rsplit(":", 1)[0] + ")" if f.endswith(")") and ":" in f else f for f in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            under[frame] = under.get(frame, 0) + n
+    lines = [f"py-spy (--gil, by function) of {party} at c=64: {total} samples", ""]
+    for title, table in (("own time", own), ("inclusive time", under)):
+        lines.append(f"## {title}")
+        ranked = sorted(table.items(), key=lambda kv: -kv[1])[:top]
+        lines += [f"{100 * n / max(total, 1):5.1f}%  {frame}" for frame, n in ranked]
+        lines.append("")
+    return "\n".join(lines)
 
 
 async def first_byte_us(target: Target, n: int) -> float:
-    """Median time to the first body byte of ``n`` sequential streams (2 ms pacing), after 10 warm-ups."""
+    """Median time to the first body byte of ``n`` sequential streams (2 ms pacing), after warm-ups."""
     body = chat_body(target.model, stream=True, directive="pace_ms=2 tokens=20")
     seen: list[float] = []
+    warm = min(10, n)
     async with aiohttp.ClientSession(headers=target.headers) as session:
-        for i in range(n + 10):
+        for i in range(n + warm):
             t = time.perf_counter()
             async with session.post(target.url, data=body) as resp:
                 await resp.content.readany()
                 first = time.perf_counter() - t
                 await resp.read()
-            if i >= 10 and resp.status == 200:
+            if i >= warm and resp.status == 200:
                 seen.append(first * 1e6)
     return statistics.median(seen) if seen else 0.0
 
 
-def _free() -> int:
-    from overhead import free_port  # noqa: PLC0415 - one helper, only here
-
-    return free_port()
-
-
-def _stream_value(run: Streams, party: str, what: str) -> float:
-    if what == "per_s":
-        return run.per_s
-    if what == "bad":  # non-200, a transport error or timeout, or no [DONE]
-        return float(run.bad)
-    if what == "p99_ms":
-        ranked = sorted(run.durations_ms)
-        return ranked[min(len(ranked) - 1, int(0.99 * len(ranked)))] if ranked else 0.0
-    return 1e6 * run.usage.cpu_s.get(party, 0.0) / run.completed if run.completed else 0.0
-
-
-def _cpu_us(load: Load, party: str) -> float:
-    return 1e6 * load.usage.cpu_s.get(party, 0.0) / load.ok if load.ok else 0.0
-
-
-def report(
-    runs: dict[tuple[str, int], list[Load]],
-    streams: dict[str, list[Streams]],
-    ttfb: dict[str, list[float]],
-    facts: dict[str, dict[str, float]],
-    out: Path,
-) -> None:
-    rows: list[dict[str, object]] = []
-
-    def med(name: str, conns: int, what: str) -> float:
-        loads = runs[(name, conns)]
-        values = [_cpu_us(ld, name) if what == "cpu_us" else float(getattr(ld, what)) for ld in loads]
-        rows.append({"target": name, "conns": conns, "metric": what, "rounds": values})
-        return statistics.median(values)
-
-    def smed(name: str, what: str) -> float:
-        values = [_stream_value(run, name, what) for run in streams[name]]
-        rows.append({"target": name, "conns": "streams", "metric": what, "rounds": values})
-        return statistics.median(values)
-
-    table = {
-        name: {
-            "c1_p50_us": med(name, 1, "p50_us"),
-            "c1_p99_us": med(name, 1, "p99_us"),
-            "c64_rps": med(name, 64, "rps"),
-            "c64_cpu_us": med(name, 64, "cpu_us") if name != "direct" else 0.0,
-            "streams_per_s": smed(name, "per_s"),
-            "stream_p99_ms": smed(name, "p99_ms"),
-            "stream_cpu_us": smed(name, "cpu_us") if name != "direct" else 0.0,
-            "ttfb_us": statistics.median(ttfb[name]),
-            "bad_streams": smed(name, "bad"),
-        }
-        for name in ("direct", "sluice", "litellm")
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = out / f"litellm-{stamp}.jsonl"
-    with path.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-        f.write(json.dumps({"summary": table, "facts": facts, "litellm": LITELLM_VERSION}) + "\n")
-    d, s, ll = table["direct"], table["sluice"], table["litellm"]
-    fs, fl = facts["sluice"], facts["litellm"]
-    print(
-        f"\nSluice against LiteLLM {LITELLM_VERSION} (medians of {len(runs[('direct', 1)])} rounds; {path})\n"
+def parse(argv: list[str] | None) -> Plan:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    print("| measurement | direct | Sluice | LiteLLM | Sluice / LiteLLM |")
-    print("|---|---|---|---|---|")
-    lines = [
-        ("c=1 p50 (µs)", d["c1_p50_us"], s["c1_p50_us"], ll["c1_p50_us"]),
-        (
-            "c=1 added p50 over direct (µs)",
-            None,
-            s["c1_p50_us"] - d["c1_p50_us"],
-            ll["c1_p50_us"] - d["c1_p50_us"],
-        ),
-        ("c=1 p99 (µs)", d["c1_p99_us"], s["c1_p99_us"], ll["c1_p99_us"]),
-        ("c=64 req/s", d["c64_rps"], s["c64_rps"], ll["c64_rps"]),
-        ("CPU per request at c=64 (µs)", None, s["c64_cpu_us"], ll["c64_cpu_us"]),
-        ("paced streams/s", d["streams_per_s"], s["streams_per_s"], ll["streams_per_s"]),
-        ("stream duration p99 (ms)", d["stream_p99_ms"], s["stream_p99_ms"], ll["stream_p99_ms"]),
-        ("CPU per stream (µs)", None, s["stream_cpu_us"], ll["stream_cpu_us"]),
-        ("failed streams (a round)", d["bad_streams"], s["bad_streams"], ll["bad_streams"]),
-        ("time to first byte, c=1 (µs)", d["ttfb_us"], s["ttfb_us"], ll["ttfb_us"]),
-        ("peak RSS (MB)", None, fs["rss_mb"], fl["rss_mb"]),
-        ("start to first answer (s)", None, fs["start_s"], fl["start_s"]),
-        ("installed size, with what it needs (MB)", None, fs["installed_mb"], fl["installed_mb"]),
-    ]
-    for label, direct, ours, theirs in lines:
-        shown = "-" if direct is None else f"{direct:,.0f}"
-        digits = 2 if label.startswith("start") else 0
-        ratio = f"{ours / theirs:.2f}x" if theirs else "-"
-        print(f"| {label} | {shown} | {ours:,.{digits}f} | {theirs:,.{digits}f} | {ratio} |")
-    chart(table, facts, path.with_suffix(".png"))
-    print(f"\nchart: {path.with_suffix('.png')}")
+    parser.add_argument("--quick", action="store_true", help="~2 s per measurement")
+    parser.add_argument(
+        "--smoke", action="store_true", help="one tiny round (the test suite's harness check)"
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--against", choices=("litellm", "bare"), default="litellm", help="the rival proxy")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="where the results go")
+    parser.add_argument("--stream-concurrency", type=int, default=512, help="paced streams in flight")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy profiles of both proxies, after the rounds"
+    )
+    parser.add_argument(
+        "--compare", type=Path, help="an earlier run's JSON lines: is each ratio within its spread?"
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        return Plan(1, 0.3, 0.1, 16, 3, args.against, args.out, compare=args.compare)
+    seconds, warmup = (2.0, 0.5) if args.quick else (8.0, 1.0)
+    return Plan(
+        args.rounds,
+        seconds,
+        warmup,
+        args.stream_concurrency,
+        50,
+        args.against,
+        args.out,
+        args.profile,
+        args.compare,
+    )
 
 
-def chart(table: dict[str, dict[str, float]], facts: dict[str, dict[str, float]], path: Path) -> None:
-    """Four panels: throughput, added latency, CPU per request and peak memory, Sluice beside LiteLLM."""
-    import matplotlib as mpl  # noqa: PLC0415 - only the report needs it
-
-    mpl.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    direct = table["direct"]["c1_p50_us"]
-    panels = [
-        ("non-stream req/s, c=64 (higher is better)", [table[n]["c64_rps"] for n in ("sluice", "litellm")]),
-        ("added p50 latency, c=1, µs", [table[n]["c1_p50_us"] - direct for n in ("sluice", "litellm")]),
-        ("CPU per request, µs", [table[n]["c64_cpu_us"] for n in ("sluice", "litellm")]),
-        ("peak RSS, MB", [facts[n]["rss_mb"] for n in ("sluice", "litellm")]),
-    ]
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.6))
-    for ax, (title, values) in zip(axes, panels, strict=True):
-        bars = ax.bar(["Sluice", f"LiteLLM {LITELLM_VERSION}"], values, color=["#2da44e", "#8c959f"])
-        ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values])
-        ax.set_title(title, fontsize=10)
-        ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle("Sluice and LiteLLM, one worker pinned to one core, same emulator, same run")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def main(argv: list[str] | None = None) -> int:
+    plan = parse(argv)
+    if plan.rival == "litellm":
+        ensure_litellm()
+    rounds: list[Round] = []
+    profiles: dict[str, Path] = {}
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    plan.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sluice-vs-litellm-") as tmp:
+        work = Path(tmp)
+        procs = Processes(work)
+        try:
+            emu_port, emu_pid = start_emulator(procs, "emulator", LOAD_CORE)
+            for r in range(plan.rounds):
+                servers = start_servers(procs, plan, work, emu_port, r)
+                rounds.append(measure_round(plan, servers, emu_pid, r))
+                if plan.profile and r == plan.rounds - 1:
+                    profiles = profile(plan, servers, stamp)
+                for proc in servers.procs:
+                    procs.stop(proc)
+        finally:
+            procs.stop_all()
+    sizes = {"sluice": installed_mib(Path(sys.executable), "sluice")}
+    if plan.rival == "litellm":
+        sizes["litellm"] = installed_mib(VENV / "bin" / "python", "litellm")
+    report(rounds, sizes, plan.rival, LITELLM_VERSION, plan.out, stamp, plan.compare, profiles)
+    return 0
 
 
 if __name__ == "__main__":
