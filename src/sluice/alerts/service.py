@@ -375,11 +375,14 @@ class AlertService:
         keys = list(watches)
         spent = await self._counters.spent(keys)
         now = self._clock()
+        starts = period_starts(now)  # once per pass: a pass may look at thousands of scopes
         for key, amount in zip(keys, spent, strict=True):
-            for finding in self._counter_findings(watches[key], amount, now):
+            for finding in self._counter_findings(watches[key], amount, now, starts):
                 await self.fire(finding)
 
-    def _counter_findings(self, watch: _Watch, spent: int, now: int) -> list[Finding]:
+    def _counter_findings(
+        self, watch: _Watch, spent: int, now: int, starts: Mapping[str, int]
+    ) -> list[Finding]:
         scope, limit, window = watch.room.scope, watch.room.limit, watch.room.window
         found: list[Finding] = []
         override = self.rule_for(scope.id)
@@ -389,7 +392,6 @@ class AlertService:
                 scope.id, scope.label, limit, window.key, spent, thresholds, refused=watch.refused
             )
         if self._allows(rules.PROJECTED, override) and window.end_us:
-            start = period_starts(now)[limit.period]
             share = Decimal(self.settings.projected_min_elapsed_pct) / 100
             projected = rules.projected_overspend(
                 scope.id,
@@ -397,7 +399,7 @@ class AlertService:
                 limit,
                 window.key,
                 spent,
-                start,
+                starts[limit.period],
                 now,
                 window.end_us,
                 min_elapsed_share=share,

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Protocol
 
 from sluice.ledger.entry import wall_clock_us
-from sluice.store.redis_pool import bounded_client
 
 _PREFIX = "sluice:cache:"
 
@@ -127,6 +126,8 @@ class RedisCache:
     def __init__(self, url: str, max_connections: int = 256, timeout_s: float = 0.5) -> None:
         # waits for a free connection rather than failing past the pool's size, and gives up soon: a
         # Redis that does not answer makes a miss, never a hung request (SET and GET are idempotent)
+        from sluice.store.redis_pool import bounded_client  # noqa: PLC0415 - redis only when configured
+
         self._redis = bounded_client(url, max_connections, timeout_s)
 
     async def start(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sluice.errors import BudgetExceeded, LimitReached, SluiceError
 from sluice.ledger.entry import usd_text, wall_clock_us
@@ -72,6 +72,13 @@ class Hold:
 
 
 Loaded = list[tuple[CounterKey, int, int]]  # (counter, spent, window end µs; 0 = never)
+
+
+@runtime_checkable
+class Claims(Protocol):
+    """Counters shared by several instances can also elect one of them to do a thing once."""
+
+    async def claim_once(self, name: str, ttl_s: int) -> bool: ...
 
 
 class Counters(Protocol):

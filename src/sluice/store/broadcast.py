@@ -18,11 +18,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from sluice.aio import cancel_and_wait
+from sluice.store.notices import HEALTH_PREFIX, PROVIDER_KEYS_CHANGED
+
+__all__ = ["CHANNEL", "HEALTH_PREFIX", "PROVIDER_KEYS_CHANGED", "KeyBroadcast"]
 
 log = logging.getLogger("sluice.keys")
 CHANNEL = "sluice:keys"
-PROVIDER_KEYS_CHANGED = "provider-keys"  # a message that is not a digest: reload the stored provider keys
-HEALTH_PREFIX = "health "  # + JSON {id, s, n}: a deployment ejected for s seconds (0: back in service)
 
 
 class KeyBroadcast:
