@@ -67,3 +67,11 @@ def test_budget_accuracy_smoke_holds_the_cap(tmp_path: Path) -> None:
     assert sluice["missing"] == "0"
     assert 0 < sluice["served"] < 40
     assert "| sluice |" in out
+
+
+def test_scaling_smoke_measures_and_checks_the_books(tmp_path: Path) -> None:
+    out = _run("scaling.py", "--smoke", "--out", str(tmp_path))
+    [jsonl] = tmp_path.glob("scaling-*.jsonl")
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert lines[-1]["kind"] == "summary"
+    assert "OK" in out
