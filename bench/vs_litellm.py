@@ -232,6 +232,17 @@ def start_servers(procs: Processes, plan: Plan, work: Path, emu_port: int, r: in
     return Servers(targets, pids, [sluice, rival], facts)
 
 
+def restart_sluice(procs: Processes, work: Path, emu_port: int, r: int) -> float:
+    """Seconds from spawn to the first answer of a Sluice started again on round ``r``'s data directory
+    (its prices already extracted, its database migrated): what a restarted deployment takes."""
+    t0 = time.monotonic()
+    config = write_config(work, emu_port)
+    _, sluice = start_sluice(procs, f"sluice-{r}-again", config, work / f"data-{r}", SERVER_CORE)
+    took = time.monotonic() - t0
+    procs.stop(sluice)
+    return took
+
+
 def measure_round(plan: Plan, servers: Servers, emu_pid: int, r: int) -> Round:
     """Every workload on every target, once."""
     rnd = Round()
@@ -381,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
                     profiles = profile(plan, servers, stamp)
                 for proc in servers.procs:
                     procs.stop(proc)
+                rounds[-1].facts["sluice"].restart_s = restart_sluice(procs, work, emu_port, r)
         finally:
             procs.stop_all()
     sizes = {"sluice": installed_mib(Path(sys.executable), "sluice")}

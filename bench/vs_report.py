@@ -19,6 +19,7 @@ class Facts:
 
     start_s: float = 0.0
     rss_mb: float = 0.0
+    restart_s: float = 0.0  # Sluice: again, with the data directory of the first start
 
 
 @dataclass(slots=True)
@@ -50,11 +51,15 @@ def metrics(rnd: Round, name: str) -> dict[str, float]:
         "ttfb_us": rnd.ttfb_us[name],
     }
     if name != "direct":
-        row["c64_cpu_us"] = 1e6 * c64.usage.cpu_s.get(party, 0.0) / c64.ok if c64.ok else 0.0
-        row["stream_cpu_us"] = 1e6 * run.usage.cpu_s.get(party, 0.0) / run.completed if run.completed else 0.0
+        if c64.ok:
+            row["c64_cpu_us"] = 1e6 * c64.usage.cpu_s.get(party, 0.0) / c64.ok
+        if run.completed:  # no stream completed in the window: CPU per stream is unknown, not 0
+            row["stream_cpu_us"] = 1e6 * run.usage.cpu_s.get(party, 0.0) / run.completed
     if party in rnd.facts and name != "sluice_open":
         row["rss_mb"] = rnd.facts[party].rss_mb
         row["start_s"] = rnd.facts[party].start_s
+        if rnd.facts[party].restart_s:
+            row["restart_s"] = rnd.facts[party].restart_s
     return row
 
 
@@ -88,7 +93,8 @@ ROWS: list[tuple[str, str, int]] = [  # key, label, decimals
     ("bad_streams", "failed streams (a round)", 0),
     ("ttfb_us", "time to first byte, c=1 (µs)", 0),
     ("rss_mb", "peak RSS per worker (MB)", 0),
-    ("start_s", "start to first answer (s)", 2),
+    ("start_s", "start to first answer, new data directory (s)", 2),
+    ("restart_s", "restart to first answer, same data directory (s)", 2),
 ]
 
 
@@ -132,14 +138,23 @@ def summarize(rounds: list[Round], rival: str) -> Summary:
             for key, v in row.items():
                 values[n].setdefault(key, []).append(v)
         for key, _label, pick, _how, _goal in RATIOS:
-            theirs = pick(per[rival], per["direct"])
-            ratios.setdefault(key, []).append(pick(per["sluice"], per["direct"]) / theirs if theirs else 0.0)
+            try:
+                ours, theirs = pick(per["sluice"], per["direct"]), pick(per[rival], per["direct"])
+            except KeyError:  # not measured in this round (no stream completed)
+                continue
+            if theirs:
+                ratios.setdefault(key, []).append(ours / theirs)
         for key in ("c1_p50_us", "c64_rps", "streams_per_s", "ttfb_us"):
             direct = per["direct"][key]
             direct_ratios.setdefault(key, []).append(per["sluice"][key] / direct if direct else 0.0)
     targets: list[dict[str, object]] = []
     for key, label, _pick, how, goal in RATIOS:
         if not how:
+            continue
+        if not ratios.get(key):
+            targets.append(
+                {"key": key, "label": label, "ratio": None, "target": goal, "how": how, "met": None}
+            )
             continue
         got = statistics.median(ratios[key])
         ok = got >= goal if how == "at least" else got <= goal
@@ -159,7 +174,7 @@ def _markdown(s: Summary, rival: str, rival_label: str, sizes: dict[str, float],
         ),
         "|---|---|---|---|---|---|---|",
     ]
-    ratio_of = {key: s.ratios[key] for key, *_ in RATIOS}
+    ratio_of = {key: s.ratios[key] for key, *_ in RATIOS if s.ratios.get(key)}
     for key, label, digits in ROWS:
         cells = []
         for name in ("direct", "sluice", "sluice_open", rival):
@@ -182,6 +197,9 @@ def _markdown(s: Summary, rival: str, rival_label: str, sizes: dict[str, float],
     for t in s.targets:
         goal = float(str(t["target"]))
         need = f"≥ {goal:g}x" if t["how"] == "at least" else f"≤ 1/{1 / goal:g}"
+        if t["met"] is None:
+            out.append(f"| {t['label']} | {need} | - | not measured (nothing completed in the window) |")
+            continue
         ratio = float(str(t["ratio"]))
         shown = f"{ratio:.1f}x" if t["how"] == "at least" else f"1/{1 / ratio:.1f}" if ratio else "-"
         share = 100 * float(str(t["achieved_share"]))
@@ -198,7 +216,7 @@ def _compare(s: Summary, earlier: Path) -> list[str]:
            "|---|---|---|---|"]  # fmt: skip
     for key, label, *_ in RATIOS:
         old = before.get(key)
-        if not old:
+        if not old or not s.ratios.get(key):
             continue
         now = statistics.median(s.ratios[key])
         within = min(old) <= now <= max(old) or min(s.ratios[key]) <= statistics.median(old) <= max(
