@@ -575,6 +575,7 @@ class Streams:
     wrong_events: int  # completed streams whose count of ``data:`` events was not PACED_EVENTS
     usage: Usage = field(default_factory=Usage)
     requests: int = 0  # streams started in the whole run, warm-up included
+    events: int = 0  # ``data:`` events that arrived in the window, streams complete or not
 
     @property
     def per_s(self) -> float:
@@ -697,6 +698,7 @@ async def paced_streams(
     """Closed-loop streams of ``bodies`` in turn with aiohttp; each is read to its end and checked for
     ``data: [DONE]``."""
     done: list[tuple[float, float]] = []
+    arrived: list[tuple[float, int]] = []  # (when, data: events in the chunk)
     bad = 0
     wrong = 0
     sent = 0
@@ -707,9 +709,14 @@ async def paced_streams(
             body = bodies[sent % len(bodies)]
             sent += 1
             t = time.perf_counter()
+            parts: list[bytes] = []
+            tail = b""  # shorter than the marker: a marker split over two chunks is counted once
             try:
                 async with session.post(target.url, data=body) as resp:
-                    parts = [chunk async for chunk in resp.content.iter_any()]
+                    async for chunk in resp.content.iter_any():
+                        parts.append(chunk)
+                        arrived.append((time.perf_counter(), (tail + chunk).count(b"data: ")))
+                        tail = chunk[-5:]
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError):
                 bad += 1
@@ -726,7 +733,8 @@ async def paced_streams(
 
         t0, t1 = await _windowed(conns, warmup, seconds, one, meter)
     window = sorted(1000 * d for end, d in done if t0 <= end < t1)
-    return Streams(len(window), t1 - t0, window, bad, wrong, requests=len(done) + bad)
+    events = sum(n for when, n in arrived if t0 <= when < t1)
+    return Streams(len(window), t1 - t0, window, bad, wrong, requests=len(done) + bad, events=events)
 
 
 # --- the run ------------------------------------------------------------------------------------

@@ -327,8 +327,15 @@ class Limiter:
     ) -> Loaded:
         windows = windows_at(now_us)
         loaded: dict[CounterKey, list[int]] = {}
+        # Only the periods some limit bounds: each one is a scan of the ledger since its start (the
+        # total's, of the whole ledger), which is what a start of a server with a large ledger waits on.
+        periods = {period for kinds in (*wanted.values(), *users.values()) for _, period in kinds}
+        if not periods:
+            return []
         await ledger.flush()
         for period, since in period_starts(now_us).items():
+            if period not in periods:
+                continue
             window = windows[period]
             for row in await ledger.totals(since, key_id):
                 for scope_id in ledger_scope_ids(row[:5]):
