@@ -277,7 +277,7 @@ def profile(plan: Plan, servers: Servers, stamp: str) -> dict[str, Path]:
     written: dict[str, Path] = {}
     for party, name in (("sluice", "sluice"), (plan.rival, plan.rival)):
         target = servers.targets[name]
-        raw = plan.out / f"profile-{party}-{stamp}.raw.txt"
+        raw = plan.out / f"profile-{party}-{stamp}.collapsed"
         seconds = max(int(plan.seconds), 3)
         argv = [str(spy), "record", "-p", str(servers.pids[party]), "-d", str(seconds), "-r", "100"]
         argv += ["--gil", "-F", "-f", "raw", "-o", str(raw)]

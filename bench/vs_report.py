@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +75,6 @@ RATIOS: list[Ratio] = [
     ("added_p50_us", "added p50 latency at c=1", _added, "at most", 1 / 20),
     ("c64_cpu_us", "CPU per request at c=64", lambda m, _d: m["c64_cpu_us"], "", 0.0),
     ("stream_cpu_us", "CPU per paced stream", lambda m, _d: m["stream_cpu_us"], "at most", 1 / 20),
-    ("streams_per_s", "paced streams/s (higher is better)", lambda m, _d: m["streams_per_s"], "", 0.0),
     ("ttfb_us", "time to first byte", lambda m, _d: m["ttfb_us"], "", 0.0),
     ("rss_mb", "peak RSS per worker", lambda m, _d: m["rss_mb"], "at most", 1 / 5),
     ("start_s", "start to first answer", lambda m, _d: m["start_s"], "at most", 1 / 10),
@@ -208,24 +208,44 @@ def _markdown(s: Summary, rival: str, rival_label: str, sizes: dict[str, float],
     return out
 
 
-def _compare(s: Summary, earlier: Path) -> list[str]:
-    """Is each ratio of this run within the spread (min-max across rounds) the earlier run reported?"""
-    lines = [line for line in earlier.read_text().splitlines() if line.strip()]
-    before = json.loads(lines[-1]).get("ratios", {})
-    out = ["", f"Reproduction against {earlier.name}:", "", "| ratio | earlier (min-max) | now | within |",
+def _ratios_of(path: Path) -> dict[str, list[float]]:
+    """The per-round ratios a run wrote (its JSON lines' last line)."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    ratios: dict[str, list[float]] = json.loads(lines[-1]).get("ratios", {})
+    return ratios
+
+
+def reproduction(before: dict[str, list[float]], now: dict[str, list[float]], name: str) -> list[str]:
+    """Does each ratio of a run fall within the spread (min-max across rounds) of an earlier one?
+
+    ``yes``: this run's median lies within the earlier run's spread, or the earlier median within this
+    one's; ``overlaps``: neither, but the two spreads overlap (the medians moved by about the noise of
+    three rounds); ``NO``: the spreads are apart."""
+    out = ["", f"Reproduction against {name}:", "", "| ratio | earlier (min-max) | now | within the spread |",
            "|---|---|---|---|"]  # fmt: skip
     for key, label, *_ in RATIOS:
-        old = before.get(key)
-        if not old or not s.ratios.get(key):
+        old, new = before.get(key), now.get(key)
+        if not old or not new:
             continue
-        now = statistics.median(s.ratios[key])
-        within = min(old) <= now <= max(old) or min(s.ratios[key]) <= statistics.median(old) <= max(
-            s.ratios[key]
-        )
-        out.append(
-            f"| {label} | {_ratio_text(old)} | {_ratio_text(s.ratios[key])} | {'yes' if within else 'NO'} |"
-        )
+        if min(old) <= statistics.median(new) <= max(old) or min(new) <= statistics.median(old) <= max(new):
+            verdict = "yes"
+        elif min(new) <= max(old) and min(old) <= max(new):
+            verdict = "overlaps"
+        else:
+            verdict = "NO"
+        out.append(f"| {label} | {_ratio_text(old)} | {_ratio_text(new)} | {verdict} |")
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python bench/vs_report.py EARLIER.jsonl LATER.jsonl``: the reproduction table of two runs."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print(main.__doc__)
+        return 2
+    earlier, later = map(Path, args)
+    print("\n".join(reproduction(_ratios_of(earlier), _ratios_of(later), earlier.name)))
+    return 0
 
 
 def report(
@@ -265,7 +285,7 @@ def report(
         )
     lines = _markdown(s, rival, rival_label, sizes, len(rounds))
     if compare is not None:
-        lines += _compare(s, compare)
+        lines += reproduction(_ratios_of(compare), s.ratios, compare.name)
     if profiles:
         lines += ["", "Profiles: " + ", ".join(str(p) for p in profiles.values())]
     text = "\n".join(lines) + "\n"
@@ -312,3 +332,7 @@ def chart(s: Summary, rival: str, rival_label: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
