@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -185,7 +185,6 @@ class Plan:
     out: Path
     profile: bool = False
     compare: Path | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -291,12 +290,12 @@ def profile(plan: Plan, servers: Servers, stamp: str) -> dict[str, Path]:
             print(f"  py-spy failed ({sampler.returncode}): {err.decode(errors='replace')[-300:]}")
             continue
         summary = raw.with_name(f"profile-{party}-{stamp}.txt")
-        summary.write_text(summarize(raw.read_text(), party))
+        summary.write_text(profile_summary(raw.read_text(), party))
         written[party] = summary
     return written
 
 
-def summarize(collapsed: str, party: str, top: int = 40) -> str:
+def profile_summary(collapsed: str, party: str, top: int = 40) -> str:
     """The busiest functions of a py-spy collapsed profile: by own time, and with what they call."""
     own: dict[str, int] = {}
     under: dict[str, int] = {}
