@@ -38,8 +38,10 @@ from overhead import (
     count_ledger,
     create_key,
     free_port,
+    run_guarded,
     start_emulator,
     start_sluice,
+    stop_children_on_term,
     write_config,
 )
 from vs_litellm import MASTER_KEY, ensure_litellm, litellm_config, start_litellm
@@ -90,6 +92,41 @@ async def burst(url: str, bearer: str, cost_header: str, n: int) -> tuple[int, D
     return served, spent, statuses
 
 
+def measure(
+    procs: Processes,
+    work: Path,
+    exe: Path | None,
+    cap: Decimal,
+    n: int,
+    results: dict[str, dict[str, object]],
+) -> None:
+    """``n`` requests at once on Sluice against a key capped at ``cap``, then (``exe``) on LiteLLM with a
+    deployment budget and with a proxy-wide budget of ``cap``; each one's result into ``results``."""
+    emu_port, _ = start_emulator(procs, "emulator", None)
+    data = work / "data"
+    port, sluice = start_sluice(procs, "sluice", write_config(work, emu_port), data, None)
+    secret, _key_id = create_key(port, {"name": "capped", "limits": {"usd": {"total": str(cap)}}})
+    print(f"• Sluice: {n:,} requests at once against a ${cap} key cap …", flush=True)
+    url = f"http://127.0.0.1:{port}{CHAT_PATH_SLUICE}"
+    served, spent, statuses = asyncio.run(burst(url, secret, "x-sluice-cost-usd", n))
+    procs.stop(sluice)  # a graceful stop commits the ledger's queue
+    ledger = count_ledger(data / "sluice.db")
+    answered = ledger[1] if ledger else 0
+    results["sluice"] = _result(served, spent, statuses, cap, missing=max(served - answered, 0), log=True)
+    if exe is not None:
+        for name, config in (
+            ("litellm", litellm_config(work, emu_port, budget_usd=str(cap))),
+            ("litellm_proxy", litellm_config(work, emu_port, proxy_budget_usd=str(cap))),
+        ):
+            ll_port = free_port()
+            proxy, _ = start_litellm(procs, exe, config, ll_port, cpu=None)
+            print(f"• LiteLLM ({ENFORCED[name]}): {n:,} requests at once …", flush=True)
+            url = f"http://127.0.0.1:{ll_port}{CHAT_PATH_SLUICE}"
+            served, spent, statuses = asyncio.run(burst(url, MASTER_KEY, "x-litellm-response-cost", n))
+            results[name] = _result(served, spent, statuses, cap, missing=served, log=False)
+            procs.stop(proxy)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -102,39 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     cap: Decimal = args.cap
     exe = None if args.sluice_only else ensure_litellm()
     results: dict[str, dict[str, object]] = {}
-    with tempfile.TemporaryDirectory(prefix="sluice-budget-accuracy-") as tmp:
-        work = Path(tmp)
-        procs = Processes(work)
-        try:
-            emu_port, _ = start_emulator(procs, "emulator", None)
-            data = work / "data"
-            port, sluice = start_sluice(procs, "sluice", write_config(work, emu_port), data, None)
-            secret, _key_id = create_key(port, {"name": "capped", "limits": {"usd": {"total": str(cap)}}})
-            print(f"• Sluice: {args.requests:,} requests at once against a ${cap} key cap …", flush=True)
-            url = f"http://127.0.0.1:{port}{CHAT_PATH_SLUICE}"
-            served, spent, statuses = asyncio.run(burst(url, secret, "x-sluice-cost-usd", args.requests))
-            procs.stop(sluice)  # a graceful stop commits the ledger's queue
-            ledger = count_ledger(data / "sluice.db")
-            answered = ledger[1] if ledger else 0
-            results["sluice"] = _result(
-                served, spent, statuses, cap, missing=max(served - answered, 0), log=True
-            )
-            if exe is not None:
-                for name, config in (
-                    ("litellm", litellm_config(work, emu_port, budget_usd=str(cap))),
-                    ("litellm_proxy", litellm_config(work, emu_port, proxy_budget_usd=str(cap))),
-                ):
-                    ll_port = free_port()
-                    proxy, _ = start_litellm(procs, exe, config, ll_port, cpu=None)
-                    print(f"• LiteLLM ({ENFORCED[name]}): {args.requests:,} requests at once …", flush=True)
-                    url = f"http://127.0.0.1:{ll_port}{CHAT_PATH_SLUICE}"
-                    served, spent, statuses = asyncio.run(
-                        burst(url, MASTER_KEY, "x-litellm-response-cost", args.requests)
-                    )
-                    results[name] = _result(served, spent, statuses, cap, missing=served, log=False)
-                    procs.stop(proxy)
-        finally:
-            procs.stop_all()
+    stop_children_on_term()
+    work = Path(tempfile.mkdtemp(prefix="sluice-budget-accuracy-"))
+    procs = Processes(work)
+    failed = run_guarded(
+        work, False, lambda: measure(procs, work, exe, cap, args.requests, results), procs.stop_all
+    )
+    if failed is not None:
+        return failed
     print(f"\nBudget accuracy: a ${cap} cap, {args.requests:,} concurrent requests of ~$0.0012 each\n")
     print(
         "| proxy | enforced by | served | refused | spent (USD) | overshoot (USD) | spent / cap "

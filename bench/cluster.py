@@ -24,7 +24,6 @@ import os
 import platform
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -34,7 +33,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 import asyncpg
 import psutil
@@ -67,10 +65,12 @@ from overhead import (
     free_port,
     http_request,
     probe_chat,
+    run_guarded,
     run_wrk,
     sqlite_sums,
     start_emulator,
     start_sluice,
+    stop_children_on_term,
     tail,
     utc_day_start_us,
 )
@@ -460,10 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     args = parser.parse_args(argv)
 
-    def on_term(signum: int, _frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)  # so that the finally blocks stop the children
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop_children_on_term()
     wrk = shutil.which("wrk")
     if wrk is None:
         print("bench/cluster.py needs wrk (apt-get install wrk)", file=sys.stderr)
@@ -477,10 +474,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = Run(work, wrk, 2 if args.quick else 8, 1 if args.quick else 2, load_cpu, sluice_cpu)
     procs = Processes(work)
     removals: list[Path] = []
-    keep = args.keep
-    try:
+    sides: dict[str, Side] = {}
+
+    def body() -> None:
         print("• PostgreSQL, Redis and the emulator …", flush=True)
-        dsn, pg_pid, removals = start_postgres(procs, load_cpu)
+        dsn, pg_pid, temporary = start_postgres(procs, load_cpu)
+        removals.extend(temporary)
         redis_url, redis_pid = start_redis(procs, load_cpu)
         emu_port, emu_pid = start_emulator(procs, "emulator", load_cpu)
         run.pids.update({"emulator": emu_pid, "redis": redis_pid, "postgres": pg_pid})
@@ -498,20 +497,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             single, lambda key, day: sqlite_sums(work / "single-0" / LEDGER_DB, key, day)
         )
         cluster.check = check_side(cluster, lambda key, day: pg_sums(dsn, key, day), redis_url)
-    except BenchError as err:
-        keep = True
-        print(f"\nbenchmark setup failed: {err}\nlogs kept in {work}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
+        sides.update(single=single, cluster=cluster)
+
+    def cleanup() -> None:
         procs.stop_all()
         for path in removals:
             shutil.rmtree(path, ignore_errors=True)
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
-    report(run, single, cluster)
-    if keep:
+
+    failed = run_guarded(work, args.keep, body, cleanup)
+    if failed is not None:
+        return failed
+    report(run, sides["single"], sides["cluster"])
+    if args.keep:
         print(f"\nwork directory (configs, logs): {work}")
     return 0
 

@@ -139,6 +139,37 @@ class BenchError(Exception):
     """The benchmark could not set itself up (a process did not start or did not answer)."""
 
 
+def stop_children_on_term() -> None:
+    """Turn SIGTERM into SystemExit, so that the benchmark's finally blocks stop its children."""
+
+    def on_term(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def run_guarded(
+    work: Path, keep: bool, body: Callable[[], object], cleanup: Callable[[], None] | None = None
+) -> int | None:
+    """Run a benchmark's setup and load: None once it has measured, 1 (work directory kept, for its
+    logs) if it could not set itself up, 130 on Ctrl-C. Whatever happened, ``cleanup`` runs (stop the
+    children, remove temporary servers), then the work directory goes unless it is kept."""
+    try:
+        body()
+    except BenchError as err:
+        keep = True
+        print(f"\nbenchmark setup failed: {err}\nlogs kept in {work}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if cleanup is not None:
+            cleanup()
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return None
+
+
 # --- small helpers ------------------------------------------------------------------------------
 
 
@@ -1550,10 +1581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--rounds must be at least 1")
     users = args.users if args.users is not None else (BENCH_USERS if args.budgets else 0)
 
-    def on_term(signum: int, _frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)  # so that the finally blocks stop the children
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop_children_on_term()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):  # 512 streams need ~1,100 descriptors in Sluice
         resource.setrlimit(resource.RLIMIT_NOFILE, (65536 if hard == resource.RLIM_INFINITY else hard, hard))
@@ -1579,20 +1607,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.budgets:
         bench.labels["budgets"] = f"{bench.labels['sluice']} capped"
     res = Results()
-    keep = args.keep
-    try:
-        run(bench, res)
-    except BenchError as err:
-        keep = True
-        print(f"\nbenchmark setup failed: {err}\nlogs kept in {work}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
+    failed = run_guarded(work, args.keep, lambda: run(bench, res))
+    if failed is not None:
+        return failed
     report(res, bench)
-    if keep:
+    if args.keep:
         print(f"\nwork directory (config, logs): {work}")
     return 0
 

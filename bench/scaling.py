@@ -28,7 +28,6 @@ import json
 import math
 import platform
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psutil
@@ -48,7 +46,6 @@ from overhead import (
     CHAT_PATH_DIRECT,
     NOISE_PCT,
     UPSTREAM_MODEL,
-    BenchError,
     BudgetCheck,
     Load,
     Meter,
@@ -62,7 +59,9 @@ from overhead import (
     check_counters,
     head_label,
     run_async,
+    run_guarded,
     start_emulator,
+    stop_children_on_term,
     utc_day_start_us,
 )
 
@@ -415,34 +414,29 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings]:
 def main(argv: Sequence[str] | None = None) -> int:
     args, s = parse(argv)
 
-    def on_term(signum: int, _frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)  # so that the finally blocks stop the children
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop_children_on_term()
     work = Path(tempfile.mkdtemp(prefix="sluice-bench-scaling-"))
     procs = Processes(work)
     removals: list[Path] = []
-    keep = args.keep
-    check: BudgetCheck | None = None
-    try:
+    done: dict[str, Any] = {}
+
+    def body() -> None:
         side, direct, state = setup(procs, work, s.nodes, removals)
         points = measure(side, direct, s, state["pids"])
         errors = sum(p.errors for runs in points.values() for p in runs)
-        check = accounting(side, state["dsn"], state["redis"], errors, 2.0 if args.smoke else 5.0)
-    except BenchError as err:
-        keep = True
-        print(f"\nbenchmark setup failed: {err}\nlogs kept in {work}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
+        done["points"] = points
+        done["check"] = accounting(side, state["dsn"], state["redis"], errors, 2.0 if args.smoke else 5.0)
+
+    def cleanup() -> None:
         procs.stop_all()
         for path in removals:
             shutil.rmtree(path, ignore_errors=True)
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
-    report(points, [f"sluice-{i}" for i in range(s.nodes)], check, s, args.out)
-    if keep:
+
+    failed = run_guarded(work, args.keep, body, cleanup)
+    if failed is not None:
+        return failed
+    report(done["points"], [f"sluice-{i}" for i in range(s.nodes)], done["check"], s, args.out)
+    if args.keep:
         print(f"work directory (configs, logs): {work}")
     return 0
 

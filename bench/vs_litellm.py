@@ -42,6 +42,7 @@ from overhead import (
     OPEN_KEY,
     PACE_SPEC,
     UPSTREAM_MODEL,
+    BenchError,
     Meter,
     Processes,
     Target,
@@ -54,9 +55,12 @@ from overhead import (
     paced_streams,
     peak_rss_mib,
     run_async,
+    run_guarded,
     start_bare,
     start_emulator,
     start_sluice,
+    stop_children_on_term,
+    tail,
     write_config,
 )
 from vs_report import Facts, Round, report
@@ -169,7 +173,7 @@ def start_litellm(
         if proc.poll() is not None:
             break
         time.sleep(0.05)
-    raise SystemExit(f"LiteLLM never answered; log:\n{log.read_text()[-2000:]}")
+    raise BenchError(f"LiteLLM never answered; log:\n{tail(log)}")
 
 
 @dataclass(slots=True)
@@ -379,21 +383,24 @@ def main(argv: list[str] | None = None) -> int:
     profiles: dict[str, Path] = {}
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     plan.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="sluice-vs-litellm-") as tmp:
-        work = Path(tmp)
-        procs = Processes(work)
-        try:
-            emu_port, emu_pid = start_emulator(procs, "emulator", LOAD_CORE)
-            for r in range(plan.rounds):
-                servers = start_servers(procs, plan, work, emu_port, r)
-                rounds.append(measure_round(plan, servers, emu_pid, r))
-                if plan.profile and r == plan.rounds - 1:
-                    profiles = profile(plan, servers, stamp)
-                for proc in servers.procs:
-                    procs.stop(proc)
-                rounds[-1].facts["sluice"].restart_s = restart_sluice(procs, work, emu_port, r)
-        finally:
-            procs.stop_all()
+    stop_children_on_term()
+    work = Path(tempfile.mkdtemp(prefix="sluice-vs-litellm-"))
+    procs = Processes(work)
+
+    def body() -> None:
+        emu_port, emu_pid = start_emulator(procs, "emulator", LOAD_CORE)
+        for r in range(plan.rounds):
+            servers = start_servers(procs, plan, work, emu_port, r)
+            rounds.append(measure_round(plan, servers, emu_pid, r))
+            if plan.profile and r == plan.rounds - 1:
+                profiles.update(profile(plan, servers, stamp))
+            for proc in servers.procs:
+                procs.stop(proc)
+            rounds[-1].facts["sluice"].restart_s = restart_sluice(procs, work, emu_port, r)
+
+    failed = run_guarded(work, False, body, procs.stop_all)
+    if failed is not None:
+        return failed
     sizes = {"sluice": installed_mib(Path(sys.executable), "sluice")}
     if plan.rival == "litellm":
         sizes["litellm"] = installed_mib(VENV / "bin" / "python", "litellm")
