@@ -214,10 +214,17 @@ def test_unknown_path_and_wrong_method(gateway: ServerThread) -> None:
     assert_envelope(payload, "method_not_allowed")
 
 
-def test_header_that_picks_the_upstream_is_refused(gateway: ServerThread) -> None:
-    status, _h, payload = chat(gateway, GOOD, {**AUTH, "x-api-base": "http://evil.example"})
+@pytest.mark.parametrize("name", ["x-api-base", "X-Base-URL", "openai_api_base", "x-upstream-url"])
+def test_header_that_picks_the_upstream_is_refused(gateway: ServerThread, name: str) -> None:
+    status, _h, payload = chat(gateway, GOOD, {**AUTH, name: "http://evil.example"})
     assert status == 400
     assert_envelope(payload, "forbidden_parameter")
+    assert name.lower() in payload["error"]["message"]
+
+
+def test_header_that_only_mentions_base_or_upstream_is_accepted(gateway: ServerThread) -> None:
+    status, _h, _payload = chat(gateway, GOOD, {**AUTH, "x-database": "a", "x-upstream-hint": "b"})
+    assert status == 200
 
 
 def test_sdk_sees_typed_errors(client: openai.OpenAI) -> None:

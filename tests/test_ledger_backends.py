@@ -130,6 +130,31 @@ def test_group_commit_and_read_back(make_ledger: Factory) -> None:
     asyncio.run(run())
 
 
+def test_nulls_and_flags_read_back_as_written(make_ledger: Factory) -> None:
+    """NULLs stay NULL and flags stay 0/1 (SQLite binds them through adapters registered for speed)."""
+
+    async def run() -> None:
+        async with make_ledger() as ledger:
+            flagged = _entry(1, NOW, stream=True, key_id=None, user=None)
+            flagged.status, flagged.usage_estimated, flagged.client_disconnected = CUT, True, True
+            plain = _entry(2, NOW + 1, stream=False)
+            plain.status, plain.ttft_us, plain.error_code = OK, None, None
+            for e in (flagged, plain):
+                ledger.open(e)
+                ledger.settle(e)
+            await ledger.flush()
+            names = ("request_id", "stream", "usage_estimated", "client_disconnected", "cache_hit", "key_id")
+            rows = {
+                r[0]: r[1:] for r in await ledger.rows(*SPAN, (*names, "user_id", "ttft_us", "error_code"))
+            }
+            assert rows["req_0001"][:5] == (1, 1, 1, 0, None)  # PostgreSQL's booleans compare equal to 1 / 0
+            assert rows["req_0002"][:5] == (0, 0, 0, 0, None)
+            assert rows["req_0001"][5:] == (None, None, None)
+            assert all(type(v) in (int, bool) for r in rows.values() for v in r[:4])
+
+    asyncio.run(run())
+
+
 def test_a_long_request_is_written_pending_then_settled(make_ledger: Factory) -> None:
     async def run() -> None:
         async with make_ledger() as ledger:

@@ -309,19 +309,19 @@ class Gateway:
         """The candidates in order, and the worst case reserved: the dearest of them."""
         prompt = self._limiter.prompt_tokens(entry.body_bytes)
         now = asyncio.get_running_loop().time()
-
-        def output(dep: Deployment) -> int:  # the most output tokens the request may get from ``dep``
-            return (dep.target.max_output_tokens if cap is None else cap) * choices
-
         solo = self._solo.get(routes[0].alias) if len(routes) == 1 else None
         if solo is not None:  # the common case: nothing to order or leave out
             dep = solo[0].dep
             if self.health.states[dep.id].out_until > now:
                 raise self._held_out(routes[0].alias, [dep], now)
             candidates: Sequence[Candidate] = solo
-            entry.output_cap = output(dep)
+            entry.output_cap = (dep.target.max_output_tokens if cap is None else cap) * choices
             entry.reserved_nanos = dep.pricer.worst_nanos(prompt, entry.output_cap, entry.ts_us)
         else:
+
+            def output(dep: Deployment) -> int:  # the most output tokens the request may get from ``dep``
+                return (dep.target.max_output_tokens if cap is None else cap) * choices
+
             candidates, skipped = plan(
                 routes,
                 self.health,

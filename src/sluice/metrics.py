@@ -62,6 +62,8 @@ _HISTOGRAMS: dict[str, tuple[str, str | None, tuple[int, ...]]] = {
         tuple(int(b * 1_000_000) for b in _OVERHEAD),
     ),
 }
+_UPSTREAM, _TTFT, _OVERHEAD_NAME = _HISTOGRAMS
+_BOUNDS = {name: bounds for name, (_, _, bounds) in _HISTOGRAMS.items()}
 Totals = dict[str, Any]  # the JSON-ready form shared between workers
 # Routing counters: the short name the gateway counts under → (metric, help, label names).
 ROUTING: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -140,10 +142,12 @@ class Metrics:
         return "other"
 
     def _observe(self, name: str, label: str, micros: int) -> None:
-        series = self._hists[name].get(label)
+        hist = self._hists[name]
+        series = hist.get(label)
+        bounds = _BOUNDS[name]
         if series is None:
-            series = self._hists[name][label] = [0] * (len(_HISTOGRAMS[name][2]) + 2)
-        series[bisect.bisect_left(_HISTOGRAMS[name][2], micros)] += 1
+            series = hist[label] = [0] * (len(bounds) + 2)
+        series[bisect.bisect_left(bounds, micros)] += 1
         series[-1] += micros
 
     def observe(self, entry: Entry) -> None:
@@ -163,13 +167,15 @@ class Metrics:
         row[4] += u.output_tokens
         row[5] += u.output_reasoning_tokens
         row[6] += entry.cost_nanos
-        if entry.upstream_us and entry.provider:
-            self._observe("sluice_upstream_latency_seconds", entry.provider, entry.upstream_us)
-        if entry.ttft_us is not None:
-            self._observe("sluice_time_to_first_token_seconds", entry.alias, entry.ttft_us)
-        answered = entry.ttft_us if entry.stream else entry.latency_us
+        upstream = entry.upstream_us
+        if upstream and entry.provider:
+            self._observe(_UPSTREAM, entry.provider, upstream)
+        ttft = entry.ttft_us
+        if ttft is not None:
+            self._observe(_TTFT, entry.alias, ttft)
+        answered = ttft if entry.stream else entry.latency_us
         if answered is not None and entry.upstream_status == 200:
-            self._observe("sluice_gateway_overhead_seconds", "", max(answered - entry.upstream_us, 0))
+            self._observe(_OVERHEAD_NAME, "", answered - upstream if answered > upstream else 0)
 
     def count(self, name: str, *labels: str, n: int = 1) -> None:
         """Count a routing event (``name`` from ``ROUTING``, with its labels), ``n`` times."""

@@ -102,6 +102,19 @@ def test_genai_prices_keys() -> None:
 counts = st.integers(0, 10**9) | st.none() | st.text(max_size=3) | st.floats() | st.booleans()
 
 
+def test_openai_flags_and_junk_are_not_counts() -> None:
+    u = from_openai(
+        {
+            "prompt_tokens": True,
+            "completion_tokens": 7,
+            "prompt_tokens_details": {"cached_tokens": "3", "audio_tokens": 2.0},
+            "completion_tokens_details": {"reasoning_tokens": False},
+        }
+    )
+    assert (u.input_tokens, u.cache_read_tokens, u.input_audio_tokens) == (0, 0, 0)
+    assert (u.output_tokens, u.output_reasoning_tokens) == (7, 0)
+
+
 @given(
     st.fixed_dictionaries(
         {},

@@ -78,6 +78,9 @@ COLUMNS = (
 )
 
 
+NO_USAGE = TokenUsage()  # shared: a TokenUsage is never changed once built
+
+
 @dataclass(slots=True)
 class Attempt:
     """An upstream call that failed before another took over (the last call is the entry's own)."""
@@ -135,7 +138,8 @@ class Entry:
     status: str = PENDING
     http_status: int = 0
     error_code: str | None = None
-    usage: TokenUsage = field(default_factory=TokenUsage)
+    # replaced (never changed) when the request's usage is known: the empty one is shared, not built per row
+    usage: TokenUsage = field(default_factory=lambda: NO_USAGE)
     cost_nanos: int = 0
     price_source: str = ""
     at_ceiling: bool = False
@@ -250,9 +254,10 @@ def from_us(us: int) -> datetime:
 def usd_text(nanos: int) -> str:
     """Integer nano-dollars as a plain decimal string of USD, e.g. 150000 → ``0.00015`` (no float)."""
     sign = "-" if nanos < 0 else ""
-    whole, frac = divmod(abs(nanos), 1_000_000_000)
-    digits = f"{frac:09d}".rstrip("0")
-    return f"{sign}{whole}.{digits or '0'}"
+    whole, frac = divmod(-nanos if sign else nanos, 1_000_000_000)
+    if not frac:
+        return f"{sign}{whole}.0"
+    return f"{sign}{whole}.{frac:09d}".rstrip("0")  # a non-zero fraction: the strip stops inside it
 
 
 def usd_short(nanos: int) -> str:

@@ -120,6 +120,8 @@ class Pricer:
             return Charge(usage.billed_usd, to_nanos(usage.billed_usd), "provider-billed")
         if self.rates is not None:
             return _priced(self.rates, usage, self.config_source)
+        if self._fixed is not None and self.sheet is not None:  # no clock or size rule: nothing to look up
+            return _priced(self._fixed, usage, self.sheet.source)
         if self.sheet is not None:
             return _priced(self.sheet.rates(at, usage.input_tokens), usage, self.sheet.source)
         if self.preset in FREE_PRESETS:

@@ -55,8 +55,9 @@ class TokenUsage:
 
 
 def _count(value: Any) -> int:
-    """A token count as reported; anything that is not a non-negative integer counts as 0."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    """A token count as reported; anything that is not a non-negative integer counts as 0 (a bool is not a
+    count; JSON has no other kind of int)."""
+    return value if type(value) is int and value > 0 else 0
 
 
 def _details(usage: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -78,30 +79,35 @@ def _usd(value: Any) -> Decimal | None:
 def from_openai(usage: Mapping[str, Any]) -> TokenUsage:
     """OpenAI-dialect usage (OpenAI, DeepSeek, DashScope, OpenRouter, Gemini, Groq, vLLM, Ollama)."""
     prompt = usage.get("prompt_tokens_details")
-    if not isinstance(prompt, Mapping):
+    if type(prompt) is not dict and not isinstance(prompt, Mapping):  # JSON objects are dicts: checked first
         prompt = _EMPTY
     completion = usage.get("completion_tokens_details")
-    if not isinstance(completion, Mapping):
+    if type(completion) is not dict and not isinstance(completion, Mapping):
         completion = _EMPTY
-    input_tokens = _count(usage.get("prompt_tokens"))
-    cache_read = _count(prompt.get("cached_tokens")) or _count(usage.get("prompt_cache_hit_tokens"))
+    # ``_count`` inline (a call per field is a measurable share of a request): a non-negative int, not a
+    # bool, else 0
+    n = usage.get("prompt_tokens")
+    input_tokens = n if type(n) is int and n > 0 else 0
+    n = prompt.get("cached_tokens")
+    cache_read = n if type(n) is int and n > 0 else _count(usage.get("prompt_cache_hit_tokens"))
     if not input_tokens and "prompt_cache_miss_tokens" in usage:  # DeepSeek: hit + miss = prompt
         input_tokens = cache_read + _count(usage.get("prompt_cache_miss_tokens"))
     cache_read = min(cache_read, input_tokens)
-    cache_write = min(_count(prompt.get("cache_write_tokens")), input_tokens - cache_read)
-    output = _count(usage.get("completion_tokens"))
+    n = prompt.get("cache_write_tokens")
+    cache_write = min(n, input_tokens - cache_read) if type(n) is int and n > 0 else 0
+    n = usage.get("completion_tokens")
+    output = n if type(n) is int and n > 0 else 0
+    n = completion.get("reasoning_tokens")
+    reasoning = min(n, output) if type(n) is int and n > 0 else 0
+    n = prompt.get("audio_tokens")
+    audio_in = n if type(n) is int and n > 0 else 0
+    n = completion.get("audio_tokens")
+    audio_out = n if type(n) is int and n > 0 else 0
+    n = prompt.get("image_tokens")
+    image_in = n if type(n) is int and n > 0 else 0
+    billed = _billed(usage) if "cost" in usage else None
     return TokenUsage(
-        input_tokens,
-        cache_read,
-        cache_write,
-        0,
-        output,
-        min(_count(completion.get("reasoning_tokens")), output),
-        _count(prompt.get("audio_tokens")),
-        _count(completion.get("audio_tokens")),
-        _count(prompt.get("image_tokens")),
-        0,
-        _billed(usage) if "cost" in usage else None,
+        input_tokens, cache_read, cache_write, 0, output, reasoning, audio_in, audio_out, image_in, 0, billed
     )
 
 

@@ -141,7 +141,7 @@ class OpenAIStream:
             chunk["usage"] = None  # DeepSeek: usage rides on the finish chunk; move it to its own chunk
             _fill_chunk(choices)
             return [data_frame(chunk)]
-        if (isinstance(choices, list) and _fill_chunk(choices)) or b"\n" in data:
+        if (isinstance(choices, list) and _fill_chunk(choices)) or data.find(b"\n") >= 0:
             return [data_frame(chunk)]  # re-framed: a multi-line data field must not pass through as is
         return [raw_frame(data)]
 

@@ -18,6 +18,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,24 @@ MAX_CARRY = 200_000  # rows kept in memory while the database refuses writes
 LEDGER_CACHE_KIB = 256
 
 
+# A function of one argument that returns None, written in C (``{}.get``): NULL binds at the cost of a
+# dictionary lookup, not of a Python call.
+_NO_VALUES: dict[None, None] = {}
+_NULL: Callable[[None], None] = _NO_VALUES.get
+
+
+def bind_directly() -> None:
+    """Let ``sqlite3`` bind ``None`` and ``bool`` without its adaptation protocol (idempotent).
+
+    sqlite3 passes every parameter that is not exactly an int, float, str or bytearray to that protocol,
+    which looks for ``__adapt__`` and ``__conform__`` and builds (then drops) an AttributeError message for
+    each miss: a ledger row's NULLs and flags cost more to bind than all its other columns. A registered
+    adapter is found first. What is stored is unchanged (NULL; 0 or 1, as sqlite3 binds a bool anyway).
+    """
+    sqlite3.register_adapter(type(None), _NULL)
+    sqlite3.register_adapter(bool, int)
+
+
 def _insert(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     """Insert (or replace) ``rows`` with as few statements as the chunk sizes allow."""
     i = 0
@@ -77,6 +96,7 @@ class SQLiteLedger:
         stale_after_s: float = 1000.0,
     ) -> None:
         SQLiteStore(path).shut()  # make sure the schema is migrated before the writer opens it
+        bind_directly()
         self.path = path
         self._flush_interval = flush_interval
         self._max_batch = max_batch

@@ -37,6 +37,8 @@ FORBIDDEN_FIELDS: dict[str, str] = {
     "route": _MODEL_CHOSEN,
 }
 MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# Roles whose message needs nothing checked beyond a text content (a tool message needs its call id).
+_PLAIN_ROLES = MESSAGE_ROLES - {"tool"}
 _TOOL_CHOICE_STRINGS = frozenset({"none", "auto", "required"})
 _RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
 _TOOL_CHOICE_TYPES = frozenset({"function", "allowed_tools", "custom"})
@@ -198,6 +200,12 @@ def _check_messages(param: str, v: Any) -> None:
     if not v:
         raise _range(param, "must contain at least one message")
     for i, msg in enumerate(v):
+        # the common message (a known role, text content, no tool calls) passes without building the
+        # names of its parameters, which only an error needs
+        if type(msg) is dict and type(msg.get("content")) is str and "tool_calls" not in msg:
+            role = msg.get("role")
+            if role in _PLAIN_ROLES:
+                continue
         p = f"{param}[{i}]"
         if not isinstance(msg, dict):
             raise _bad(p, "an object")

@@ -35,7 +35,7 @@ class SSEDecoder:
         if self._skip_lf and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         self._skip_lf = chunk.endswith(b"\r")
-        if b"\r" in chunk:
+        if chunk.find(b"\r") >= 0:  # not ``in``: it builds and drops a TypeError first (see api.asgi)
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         held = len(self._buf)
         buf = self._buf + chunk if held else chunk
