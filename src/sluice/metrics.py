@@ -62,7 +62,6 @@ _HISTOGRAMS: dict[str, tuple[str, str | None, tuple[int, ...]]] = {
         tuple(int(b * 1_000_000) for b in _OVERHEAD),
     ),
 }
-_UPSTREAM, _TTFT, _OVERHEAD_NAME = _HISTOGRAMS
 _BOUNDS = {name: bounds for name, (_, _, bounds) in _HISTOGRAMS.items()}
 Totals = dict[str, Any]  # the JSON-ready form shared between workers
 # Routing counters: the short name the gateway counts under → (metric, help, label names).
@@ -169,13 +168,14 @@ class Metrics:
         row[6] += entry.cost_nanos
         upstream = entry.upstream_us
         if upstream and entry.provider:
-            self._observe(_UPSTREAM, entry.provider, upstream)
+            self._observe("sluice_upstream_latency_seconds", entry.provider, upstream)
         ttft = entry.ttft_us
         if ttft is not None:
-            self._observe(_TTFT, entry.alias, ttft)
+            self._observe("sluice_time_to_first_token_seconds", entry.alias, ttft)
         answered = ttft if entry.stream else entry.latency_us
         if answered is not None and entry.upstream_status == 200:
-            self._observe(_OVERHEAD_NAME, "", answered - upstream if answered > upstream else 0)
+            overhead = answered - upstream if answered > upstream else 0
+            self._observe("sluice_gateway_overhead_seconds", "", overhead)
 
     def count(self, name: str, *labels: str, n: int = 1) -> None:
         """Count a routing event (``name`` from ``ROUTING``, with its labels), ``n`` times."""

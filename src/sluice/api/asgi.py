@@ -157,7 +157,7 @@ class _DisconnectWatch:
         task.uncancel()
         return True
 
-    async def stop(self) -> None:
+    def stop(self) -> None:
         """Stop watching, without waiting for the watcher to wind down (it only ends its ``receive``)."""
         self._task.cancel()
 
@@ -331,9 +331,6 @@ class SluiceAPI:
                 break
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def _auth(self, req: Request) -> Principal:
-        return await self.keys.authenticate(req.token)
-
     @staticmethod
     def _allowed(principal: Principal, model: str, param: str = "model") -> None:
         if principal.models is not None and model not in principal.models:
@@ -477,7 +474,7 @@ class SluiceAPI:
             self.accounting.settle(entry, ERROR, 500, error=SluiceError("internal error"))
             raise
         finally:
-            await watch.stop()
+            watch.stop()
         content = Content(entry.request_id, keep, reply.body) if keep is not None else None
         # used only if the provider sent no usage: a guess from the answer's size that errs high
         body_tokens = -(-len(reply.body) // 4) if entry.endpoint == "chat" else 0
@@ -552,7 +549,7 @@ class SluiceAPI:
             self._unfinished(entry, stream, ERROR, 500, SluiceError("internal error"))
             raise
         finally:
-            await watch.stop()
+            watch.stop()
             if stream is not None:
                 await stream.close(error=failed)
         if not failed and stream is not None:
@@ -579,7 +576,7 @@ class SluiceAPI:
         self.accounting.settle(entry, status, http, error=err, tokens=tokens, delivered=delivered)
 
     async def _embeddings(self, req: Request) -> None:
-        principal = await self._auth(req)
+        principal = await self.keys.authenticate(req.token)
         raw = await self.read_body(req)
         emb = validate_embeddings(parse_json_object(raw))
         routes = self._routes(principal, emb.model, emb.models, "embedding")
@@ -594,7 +591,7 @@ class SluiceAPI:
         return {"id": route.alias, "object": "model", "created": self._created, "owned_by": route.owned_by}
 
     async def _list_models(self, req: Request) -> None:
-        principal = await self._auth(req)
+        principal = await self.keys.authenticate(req.token)
         data = [
             self._model_card(r)
             for r in self.gateway.routes.values()
@@ -604,7 +601,7 @@ class SluiceAPI:
         await self.respond(req, 200, body, self._headers(req, [], JSON_HEADERS))
 
     async def _get_model(self, req: Request) -> None:
-        principal = await self._auth(req)
+        principal = await self.keys.authenticate(req.token)
         model_id = req.scope["path"][len("/v1/models/") :]
         route = self.gateway.routes.get(model_id)
         if route is None or (principal.models is not None and model_id not in principal.models):
@@ -616,7 +613,7 @@ class SluiceAPI:
         )
 
     async def admin(self, req: Request) -> Principal:
-        principal = await self._auth(req)
+        principal = await self.keys.authenticate(req.token)
         if not principal.is_admin:
             raise PermissionDenied("This endpoint needs the admin key.")
         return principal

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sluice.ledger.entry import PENDING, Entry
+from sluice.ledger.entry import Entry
 
 
 @dataclass(slots=True)
@@ -61,7 +61,7 @@ def coalesce(items: Iterable[Item]) -> tuple[list[tuple[Any, ...]], list[Content
             contents.append(value)
         elif kind == SETTLE:
             rows[value.request_id] = value.row()
-        elif value.status == PENDING:  # settled already: its final row is handed over after this item
+        elif not value.settled:  # settled already: its final row is handed over after this item
             rows.setdefault(value.request_id, value.row())
     return list(rows.values()), contents
 

@@ -84,30 +84,25 @@ def from_openai(usage: Mapping[str, Any]) -> TokenUsage:
     completion = usage.get("completion_tokens_details")
     if type(completion) is not dict and not isinstance(completion, Mapping):
         completion = _EMPTY
-    # ``_count`` inline (a call per field is a measurable share of a request): a non-negative int, not a
-    # bool, else 0
-    n = usage.get("prompt_tokens")
-    input_tokens = n if type(n) is int and n > 0 else 0
-    n = prompt.get("cached_tokens")
-    cache_read = n if type(n) is int and n > 0 else _count(usage.get("prompt_cache_hit_tokens"))
+    input_tokens = _count(usage.get("prompt_tokens"))
+    cache_read = _count(prompt.get("cached_tokens")) or _count(usage.get("prompt_cache_hit_tokens"))
     if not input_tokens and "prompt_cache_miss_tokens" in usage:  # DeepSeek: hit + miss = prompt
         input_tokens = cache_read + _count(usage.get("prompt_cache_miss_tokens"))
     cache_read = min(cache_read, input_tokens)
-    n = prompt.get("cache_write_tokens")
-    cache_write = min(n, input_tokens - cache_read) if type(n) is int and n > 0 else 0
-    n = usage.get("completion_tokens")
-    output = n if type(n) is int and n > 0 else 0
-    n = completion.get("reasoning_tokens")
-    reasoning = min(n, output) if type(n) is int and n > 0 else 0
-    n = prompt.get("audio_tokens")
-    audio_in = n if type(n) is int and n > 0 else 0
-    n = completion.get("audio_tokens")
-    audio_out = n if type(n) is int and n > 0 else 0
-    n = prompt.get("image_tokens")
-    image_in = n if type(n) is int and n > 0 else 0
-    billed = _billed(usage) if "cost" in usage else None
+    cache_write = min(_count(prompt.get("cache_write_tokens")), input_tokens - cache_read)
+    output = _count(usage.get("completion_tokens"))
     return TokenUsage(
-        input_tokens, cache_read, cache_write, 0, output, reasoning, audio_in, audio_out, image_in, 0, billed
+        input_tokens,
+        cache_read,
+        cache_write,
+        0,
+        output,
+        min(_count(completion.get("reasoning_tokens")), output),
+        _count(prompt.get("audio_tokens")),
+        _count(completion.get("audio_tokens")),
+        _count(prompt.get("image_tokens")),
+        0,
+        _billed(usage) if "cost" in usage else None,
     )
 
 

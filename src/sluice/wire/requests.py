@@ -37,8 +37,6 @@ FORBIDDEN_FIELDS: dict[str, str] = {
     "route": _MODEL_CHOSEN,
 }
 MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-# Roles whose message needs nothing checked beyond a text content (a tool message needs its call id).
-_PLAIN_ROLES = MESSAGE_ROLES - {"tool"}
 _TOOL_CHOICE_STRINGS = frozenset({"none", "auto", "required"})
 _RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
 _TOOL_CHOICE_TYPES = frozenset({"function", "allowed_tools", "custom"})
@@ -200,30 +198,24 @@ def _check_messages(param: str, v: Any) -> None:
     if not v:
         raise _range(param, "must contain at least one message")
     for i, msg in enumerate(v):
-        # the common message (a known role, text content, no tool calls) passes without building the
-        # names of its parameters, which only an error needs
-        if type(msg) is dict and type(msg.get("content")) is str and "tool_calls" not in msg:
-            role = msg.get("role")
-            if role in _PLAIN_ROLES:
-                continue
-        p = f"{param}[{i}]"
+        # a message's parameter names (``messages[3].role``) are built only for an error or a nested check
         if not isinstance(msg, dict):
-            raise _bad(p, "an object")
+            raise _bad(f"{param}[{i}]", "an object")
         role = msg.get("role")
         if not isinstance(role, str):
-            raise _bad(f"{p}.role", "a string")
+            raise _bad(f"{param}[{i}].role", "a string")
         if role not in MESSAGE_ROLES:
-            raise _range(f"{p}.role", f"unknown role {role!r}")
+            raise _range(f"{param}[{i}].role", f"unknown role {role!r}")
         content = msg.get("content")
         if content is not None and not isinstance(content, str | list):
-            raise _bad(f"{p}.content", "a string or an array of content parts")
+            raise _bad(f"{param}[{i}].content", "a string or an array of content parts")
         if isinstance(content, list):
-            _check_parts(f"{p}.content", content)
+            _check_parts(f"{param}[{i}].content", content)
         calls = msg.get("tool_calls")
         if calls is not None:
-            _check_tool_calls(f"{p}.tool_calls", calls)
+            _check_tool_calls(f"{param}[{i}].tool_calls", calls)
         if role == "tool" and not isinstance(msg.get("tool_call_id"), str):
-            raise _bad(f"{p}.tool_call_id", "a string")
+            raise _bad(f"{param}[{i}].tool_call_id", "a string")
 
 
 def _check_parts(param: str, parts: list[Any]) -> None:
